@@ -1,0 +1,35 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+SHELL := /bin/bash
+export PATH := $(HOME)/.local/bin:$(PATH)
+UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+PY := $(UV) run --frozen python
+
+.PHONY: setup demo demo-down test bench lab-up lab-down lab-status
+
+# Installs uv (from PyPI), the locked Python deps, and the lab's Debian and npm packages.
+setup:
+	@command -v uv >/dev/null 2>&1 || python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
+	$(UV) sync --frozen
+	$(PY) -m lab install
+
+# A local fleet, a Prefect server and worker, every deployment, a broken node
+# fixed by the runbook with no human action. `make demo-down` stops it all.
+demo: setup
+	$(PY) -m lab.demo
+
+demo-down:
+	$(PY) -m lab down
+
+# The whole suite against the real lab (started once, shared by every test).
+test: setup
+	$(UV) run --frozen pytest
+
+bench: setup
+	$(PY) bench/fleet_health_bench.py
+
+lab-up: setup
+	$(PY) -m lab up
+lab-down:
+	$(PY) -m lab down
+lab-status:
+	$(PY) -m lab status

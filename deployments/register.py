@@ -1,0 +1,78 @@
+"""Make a Prefect server ready to run the runbooks.
+
+Creates the process work pool, registers our block types, deploys every
+deployment in prefect.yaml, and checks that each trigger declared there
+became an automation: a trigger the server refuses leaves the deployment
+without it and `prefect deploy` does not fail (see REFERENCE), so we check.
+
+    python -m deployments.register
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from prefect.client.orchestration import get_client
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK_POOL = "runbooks"
+
+
+def _prefect(*args: str) -> subprocess.CompletedProcess:
+    env = os.environ | {"RUNBOOKS_HOME": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "prefect", "--no-prompt", *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+
+
+def _check(result: subprocess.CompletedProcess, what: str) -> None:
+    if result.returncode != 0:
+        raise SystemExit(f"{what} failed (exit {result.returncode}):\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+
+
+def declared_triggers() -> dict[str, int]:
+    spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    return {d["name"]: len(d.get("triggers") or []) for d in spec["deployments"]}
+
+
+async def missing_triggers() -> list[str]:
+    """Deployments whose declared triggers did not all become automations."""
+    async with get_client() as client:
+        automations = await client.read_automations()
+        problems = []
+        for name, expected in declared_triggers().items():
+            if not expected:
+                continue
+            deployments = await client.read_deployments()
+            ids = {d.id for d in deployments if d.name == name}
+            found = sum(
+                1 for a in automations
+                for action in a.actions
+                if getattr(action, "deployment_id", None) in ids
+            )
+            if found < expected:
+                problems.append(f"{name}: {found} of {expected} triggers present")
+        return problems
+
+
+def main() -> None:
+    pools = _prefect("work-pool", "inspect", WORK_POOL)
+    if pools.returncode != 0:
+        _check(_prefect("work-pool", "create", WORK_POOL, "--type", "process"), "creating work pool")
+    _check(_prefect("block", "register", "-m", "blocks"), "registering block types")
+    _check(_prefect("deploy", "--all"), "deploying prefect.yaml")
+    import asyncio
+
+    problems = asyncio.run(missing_triggers())
+    if problems:
+        raise SystemExit("deployment triggers missing after deploy: " + "; ".join(problems))
+    print(f"work pool {WORK_POOL!r}, blocks and {len(declared_triggers())} deployments registered; triggers verified")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,215 @@
+"""The fleet inventory: one YAML file that every runbook reads.
+
+Validation is strict on purpose: names end up in shell commands, HAProxy
+runtime commands and Prefect event resources, so they are restricted to a
+safe alphabet here, before any runbook runs (quoting at the point of use is
+the second line of defence, not the only one).
+"""
+
+from __future__ import annotations
+
+import os
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    ValidationError,
+    model_validator,
+)
+
+# Names: what an operator would type, nothing a shell or HAProxy would interpret.
+Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")]
+# Absolute paths without whitespace or shell metacharacters.
+SafePath = Annotated[str, Field(pattern=r"^/[A-Za-z0-9._/+-]*$", max_length=4096)]
+
+DEFAULT_INVENTORY = "inventory.yaml"
+INVENTORY_ENV = "RUNBOOKS_INVENTORY"
+
+
+class InventoryError(ValueError):
+    """The inventory file is missing, unreadable or invalid; the message says where."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ChainFamily(str, Enum):
+    ethereum = "ethereum"
+    arbitrum = "arbitrum"
+    optimism = "optimism"
+    polygon = "polygon"
+    solana = "solana"
+    avalanche = "avalanche"
+
+
+class Client(str, Enum):
+    anvil = "anvil"  # the lab's stand-in for an execution client
+    erigon = "erigon"
+    geth = "geth"
+    nethermind = "nethermind"
+    nitro = "nitro"
+    op_geth = "op-geth"
+    op_node = "op-node"
+    bor = "bor"
+    heimdall = "heimdall"
+    solana = "solana"
+    avalanchego = "avalanchego"
+
+
+class Chain(Strict):
+    """Per-chain facts and thresholds: the one place thresholds live."""
+
+    family: ChainFamily
+    chain_id: int | None = None
+    references: list[HttpUrl] = Field(min_length=1, description="RPC endpoints that stand for the chain tip")
+    max_lag_blocks: Annotated[int, Field(ge=0)] = 8
+    max_head_age_seconds: Annotated[float, Field(gt=0)] = 30.0
+    # Recovery: how long to wait for a restarted node to catch up.
+    recovery_deadline_seconds: Annotated[float, Field(gt=0, le=7200)] = 120.0
+    # Fleet short-circuit: more than this share of the chain's nodes unhealthy
+    # at once is a chain incident, not a node one.
+    max_unhealthy_share: Annotated[float, Field(gt=0, le=1)] = 0.5
+
+
+class Host(Strict):
+    address: str = Field(pattern=r"^[A-Za-z0-9.:-]+$")
+    ssh_port: Annotated[int, Field(ge=1, le=65535)] = 22
+    ssh_user: Name
+    ssh_identity_block: Name = Field(description="Name of the SshIdentity block holding key and known_hosts")
+    region: Name | None = None
+    # supervisorctl needs the config of the supervisord it talks to when it
+    # is not the system default.
+    supervisor_config: SafePath | None = None
+
+
+class ServiceManagerKind(str, Enum):
+    systemd = "systemd"
+    docker = "docker"
+    supervisor = "supervisor"
+
+
+class Service(Strict):
+    manager: ServiceManagerKind
+    name: Name
+
+
+class LoadBalancerRef(Strict):
+    balancer: Name
+    backend: Name
+    server: Name
+
+
+class LoadBalancer(Strict):
+    kind: Literal["haproxy"] = "haproxy"
+    admin_block: Name = Field(description="Name of the HAProxyAdmin block")
+
+
+class Role(str, Enum):
+    rpc = "rpc"
+    archive = "archive"
+    validator = "validator"
+    sequencer = "sequencer"
+    standby = "standby"
+
+
+class Node(Strict):
+    chain: Name
+    client: Client
+    host: Name
+    service: Service
+    rpc_url: HttpUrl
+    health_url: HttpUrl | None = Field(None, description="Client health endpoint (Erigon /health, op-node RPC, ...)")
+    datadir: SafePath
+    lb: LoadBalancerRef | None = None
+    role: Role = Role.rpc
+    region: Name | None = None
+
+
+class Notifications(Strict):
+    slack_block: Name | None = None
+    pagerduty_block: Name | None = None
+
+
+class Inventory(Strict):
+    chains: dict[Name, Chain]
+    hosts: dict[Name, Host]
+    load_balancers: dict[Name, LoadBalancer] = {}
+    nodes: dict[Name, Node]
+    notifications: Notifications = Notifications()
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> "Inventory":
+        problems = []
+        for name, node in self.nodes.items():
+            if node.chain not in self.chains:
+                problems.append(f"nodes.{name}.chain: unknown chain {node.chain!r}")
+            if node.host not in self.hosts:
+                problems.append(f"nodes.{name}.host: unknown host {node.host!r}")
+            if node.lb and node.lb.balancer not in self.load_balancers:
+                problems.append(f"nodes.{name}.lb.balancer: unknown load balancer {node.lb.balancer!r}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def node(self, name: str) -> Node:
+        """The named node, or a clear error listing what exists."""
+        try:
+            return self.nodes[name]
+        except KeyError:
+            raise InventoryError(
+                f"node {name!r} is not in the inventory (known: {', '.join(sorted(self.nodes))})"
+            ) from None
+
+    def host_of(self, node_name: str) -> Host:
+        return self.hosts[self.node(node_name).host]
+
+    def chain_of(self, node_name: str) -> Chain:
+        return self.chains[self.node(node_name).chain]
+
+    def region_of(self, node_name: str) -> str | None:
+        node = self.node(node_name)
+        return node.region or self.hosts[node.host].region
+
+    def nodes_on_chain(self, chain: str) -> dict[str, Node]:
+        return {n: node for n, node in self.nodes.items() if node.chain == chain}
+
+    def nodes_in_backend(self, balancer: str, backend: str) -> dict[str, Node]:
+        return {
+            n: node
+            for n, node in self.nodes.items()
+            if node.lb and node.lb.balancer == balancer and node.lb.backend == backend
+        }
+
+
+def inventory_path(path: str | os.PathLike | None = None) -> Path:
+    return Path(path or os.environ.get(INVENTORY_ENV) or DEFAULT_INVENTORY)
+
+
+def _describe(error: dict) -> str:
+    where = ".".join(str(p) for p in error["loc"]) or "(top level)"
+    return f"  {where}: {error['msg']}"
+
+
+def load_inventory(path: str | os.PathLike | None = None) -> Inventory:
+    """Read and validate the inventory; errors name the file, the entry and the field."""
+    p = inventory_path(path)
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except FileNotFoundError:
+        raise InventoryError(f"{p}: inventory file not found (set {INVENTORY_ENV} or pass a path)") from None
+    except yaml.YAMLError as exc:
+        raise InventoryError(f"{p}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise InventoryError(f"{p}: expected a mapping with chains, hosts and nodes, got {type(raw).__name__}")
+    try:
+        return Inventory.model_validate(raw)
+    except ValidationError as exc:
+        lines = "\n".join(_describe(e) for e in exc.errors())
+        raise InventoryError(f"{p}: invalid inventory:\n{lines}") from None
