@@ -15,7 +15,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from inventory import Inventory, Node
-from tasks import haproxy, probes
+from tasks import haproxy, hostinfo, probes
 from tasks.errors import RunbookError
 from tasks.runbook import Runbook
 from tasks.services import service_manager_for
@@ -75,21 +75,12 @@ def assess_node(rb: Runbook, node: str) -> Assessment:
     return assess_nodes(rb.inventory, [node])[node]
 
 
-def _server_of(rb: Runbook, node: str):
+def _rotation(rb: Runbook, node: str):
+    """The node's load-balancer entry and a runtime client that audits what it changes."""
     lb = rb.inventory.node(node).lb
-    return lb, rb.haproxy(lb.balancer) if lb else None
-
-
-def _haproxy_action(rb: Runbook, admin, command: str, do) -> None:
-    start = time.monotonic()
-    try:
-        do()
-        rb.audit.action(host=f"haproxy:{admin.address}", command=command, exit_code=0,
-                        duration_s=time.monotonic() - start)
-    except Exception as exc:
-        rb.audit.action(host=f"haproxy:{admin.address}", command=command, exit_code=1,
-                        duration_s=time.monotonic() - start, stderr_tail=str(exc))
-        raise
+    if lb is None:
+        return None, None
+    return lb, haproxy.HAProxyRuntime.from_block(rb.haproxy(lb.balancer), audit=rb.audit)
 
 
 @step(name="check-disruption-budget")
@@ -100,13 +91,12 @@ def check_disruption_budget(rb: Runbook, node: str) -> list[str]:
     UP), so a peer counts only if HAProxy has it UP and ready *and* our probe
     says it is healthy.
     """
-    lb, admin = _server_of(rb, node)
+    lb, runtime = _rotation(rb, node)
     if lb is None:
         return []
-    states = {s.server: s for s in haproxy.server_states(admin, lb.backend)}
+    states = {s.server: s for s in runtime.server_states(lb.backend)}
     peers = {n: p for n, p in rb.inventory.nodes_in_backend(lb.balancer, lb.backend).items() if n != node}
-    in_rotation = [n for n, p in peers.items()
-                   if (s := states.get(p.lb.server)) and s.op_state == "UP" and s.admin_state == "ready"]
+    in_rotation = [n for n, p in peers.items() if (s := states.get(p.lb.server)) and s.in_rotation]
     healthy = [n for n, a in assess_nodes(rb.inventory, in_rotation).items() if a.healthy] if in_rotation else []
     if not healthy:
         raise DisruptionBudgetExceeded(
@@ -118,21 +108,19 @@ def check_disruption_budget(rb: Runbook, node: str) -> list[str]:
 
 @step(name="drain-from-rotation", retries=2, retry_delay_seconds=1)
 def drain_from_rotation(rb: Runbook, node: str) -> bool:
-    lb, admin = _server_of(rb, node)
+    lb, runtime = _rotation(rb, node)
     if lb is None:
         return False
-    _haproxy_action(rb, admin, f"set server {lb.backend}/{lb.server} state drain",
-                    lambda: haproxy.drain(admin, lb.backend, lb.server))
+    runtime.drain(lb.backend, lb.server)
     return True
 
 
 @step(name="return-to-rotation", retries=2, retry_delay_seconds=1)
 def return_to_rotation(rb: Runbook, node: str) -> bool:
-    lb, admin = _server_of(rb, node)
+    lb, runtime = _rotation(rb, node)
     if lb is None:
         return False
-    _haproxy_action(rb, admin, f"set server {lb.backend}/{lb.server} state ready",
-                    lambda: haproxy.ready(admin, lb.backend, lb.server))
+    runtime.ready(lb.backend, lb.server)
     return True
 
 
@@ -143,16 +131,20 @@ def open_ssh(rb: Runbook, node: str) -> SshRunner:
 
 @step(name="capture-diagnostics")
 def capture_diagnostics(rb: Runbook, ssh: SshRunner, node: str) -> dict:
-    """Service status, last log lines and disk usage, before anything changes."""
+    """Service status, last log lines and disk usage, before anything changes.
+
+    Diagnostics are best effort: a failing log or df command is recorded in
+    the audit (by the runner) and does not stop the recovery.
+    """
     n = rb.inventory.node(node)
     manager = service_manager_for(n, rb.inventory.host_of(node))
-    status = ssh.run(manager.status_argv())
-    logs = ssh.run(manager.logs_argv(4000))
-    disk = ssh.run(["df", "-P", "-k", n.datadir])
+    status = manager.status(ssh)
+    logs = ssh.run(manager.logs_argv(50))
+    disk = ssh.run(hostinfo.disk_usage_argv(n.datadir))
     diagnostics = {
-        "service": manager.parse_status(status.stdout, status.exit_code).__dict__,
-        "log_tail": logs.stdout[-4000:],
-        "disk": disk.stdout.strip(),
+        "service": {"state": status.state, "running": status.running, "pid": status.pid},
+        "log_tail": (logs.stdout + logs.stderr)[-4000:],
+        "disk": disk.stdout.strip() if disk.exit_code == 0 else f"df failed: {disk.stderr.strip()}",
     }
     rb.audit.state("diagnostics", diagnostics)
     return diagnostics
@@ -160,19 +152,14 @@ def capture_diagnostics(rb: Runbook, ssh: SshRunner, node: str) -> dict:
 
 @step(name="restart-service")
 def restart_service(rb: Runbook, ssh: SshRunner, node: str) -> bool:
-    """Restart through the node's service manager; True when it reports running."""
-    n = rb.inventory.node(node)
-    manager = service_manager_for(n, rb.inventory.host_of(node))
+    """Restart through the node's service manager; True when it then reports running."""
+    manager = service_manager_for(rb.inventory.node(node), rb.inventory.host_of(node))
     result = ssh.run(manager.restart_argv())
-    status = manager.parse_status(*_stdout_and_code(ssh.run(manager.status_argv())))
+    status = manager.status(ssh)
     if result.exit_code != 0 or not status.running:
         get_run_logger().error("restart of %s failed: exit %s, state %s", node, result.exit_code, status.state)
         return False
     return True
-
-
-def _stdout_and_code(result):
-    return result.stdout, result.exit_code
 
 
 @step(name="wait-until-synced")

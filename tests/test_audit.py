@@ -1,0 +1,233 @@
+"""The audit trail: what an operator reads after a runbook ran.
+
+Real files, real processes: concurrent writers are separate Python
+processes appending to the same day file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from tasks import audit as audit_mod
+from tasks.audit import AuditRecord, read_entries, render_markdown
+from tasks.errors import AuditError
+from tasks.redaction import clear_secrets, redact, register_secret
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def audit_dir(tmp_path, monkeypatch):
+    d = tmp_path / "audit"
+    monkeypatch.setenv("RUNBOOKS_AUDIT_DIR", str(d))
+    yield d
+    clear_secrets()
+
+
+def today_file(d: Path) -> Path:
+    return d / f"audit-{datetime.now(timezone.utc).date().isoformat()}.jsonl"
+
+
+def a_full_run(run_id: str = "run-1") -> AuditRecord:
+    a = AuditRecord(run_id, "restart_stalled_node", node="eth-a")
+    a.started({"kind": "alert", "alert": "NodeStalled"}, {"node": "eth-a", "dry_run": False})
+    a.plan(["drain eth-a from be_rpc", "restart erigon", "wait until synced", "put back in rotation"])
+    a.state("before", {"head": 100, "lag": 42, "service": {"state": "RUNNING"}})
+    a.guard("lease", "acquired lease on eth-a", holder="run-1")
+    a.action("rbtest@10.0.0.5:22", "supervisorctl restart erigon", 0, 1.234, "erigon: stopped\nerigon: started\n", "")
+    a.action("rbtest@10.0.0.5:22", "false", 1, 0.01, "", "boom | with pipe\n")
+    a.state("after", {"head": 142, "lag": 0, "service": {"state": "RUNNING"}})
+    a.note("back in rotation", backend="be_rpc")
+    a.outcome("succeeded", "eth-a caught up in 12 s and is back in rotation")
+    return a
+
+
+def test_a_run_is_written_as_one_json_line_per_entry_in_todays_file(audit_dir):
+    a = a_full_run()
+    lines = today_file(audit_dir).read_text().splitlines()
+    entries = [json.loads(ln) for ln in lines]
+    assert [e["kind"] for e in entries] == [
+        "started", "plan", "state", "guard", "action", "action", "state", "note", "outcome",
+    ]
+    assert [e["seq"] for e in entries] == list(range(1, 10))
+    first = entries[0]
+    assert set(first) == {"ts", "seq", "run_id", "flow", "node", "kind", "data"}
+    assert first["run_id"] == "run-1" and first["flow"] == "restart_stalled_node" and first["node"] == "eth-a"
+    assert datetime.fromisoformat(first["ts"]).tzinfo is not None
+    action = entries[4]["data"]
+    assert action["command"] == "supervisorctl restart erigon"
+    assert action["exit_code"] == 0 and action["duration_s"] == 1.234
+    assert a.entries() == entries
+
+
+def test_entries_are_only_ever_appended(audit_dir):
+    a = AuditRecord("run-append", "f")
+    a.note("one")
+    a.note("two")
+    before = today_file(audit_dir).read_bytes()
+    a.note("three")
+    after = today_file(audit_dir).read_bytes()
+    assert after.startswith(before) and after.count(b"\n") == 3
+
+
+def test_a_run_continued_in_another_process_continues_its_sequence(audit_dir):
+    a = AuditRecord("run-retry", "f")
+    a.started("manual", {})
+    a.note("attempt 1")
+    code = (
+        "from tasks.audit import AuditRecord\n"
+        "a = AuditRecord('run-retry', 'f')\n"
+        "a.note('attempt 2')\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=30, env=os.environ.copy())
+    assert [e["seq"] for e in read_entries(run_id="run-retry")] == [1, 2, 3]
+
+
+WRITER = """
+import sys
+from tasks.audit import AuditRecord
+rid, n = sys.argv[1], int(sys.argv[2])
+a = AuditRecord(rid, "concurrency")
+blob = rid * 2000  # ~10 KB per line: far beyond PIPE_BUF, so only the lock keeps lines whole
+for i in range(n):
+    a.note("entry", i=i, blob=blob)
+"""
+
+
+def test_concurrent_writers_in_several_processes_produce_intact_lines(audit_dir):
+    writers, per_writer = 4, 150
+    procs = [
+        subprocess.Popen([sys.executable, "-c", WRITER, f"w{k}", str(per_writer)], cwd=ROOT, env=os.environ.copy())
+        for k in range(writers)
+    ]
+    try:
+        for p in procs:
+            assert p.wait(timeout=60) == 0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    raw = today_file(audit_dir).read_text().splitlines()
+    assert len(raw) == writers * per_writer
+    entries = [json.loads(ln) for ln in raw]  # every line parses: nothing interleaved
+    for k in range(writers):
+        mine = [e for e in entries if e["run_id"] == f"w{k}"]
+        assert [e["data"]["i"] for e in mine] == list(range(per_writer))
+        assert [e["seq"] for e in mine] == list(range(1, per_writer + 1))
+        assert all(e["data"]["blob"] == f"w{k}" * 2000 for e in mine)
+
+
+def test_reading_filters_by_run_node_kind_and_time(audit_dir):
+    a_full_run("run-1")
+    other = AuditRecord("run-2", "prune", node="eth-b")
+    other.started("schedule", {})
+    other.outcome("noop", "nothing to prune")
+    # An old day file (and a line broken by a crash) must not disturb reading.
+    audit_dir.joinpath("audit-2020-01-01.jsonl").write_text(
+        json.dumps({"ts": "2020-01-01T00:00:00+00:00", "seq": 1, "run_id": "old", "flow": "f",
+                    "node": "eth-a", "kind": "note", "data": {"text": "old"}}) + "\n{\"ts\": \"2020-01-0"
+    )
+    assert {e["run_id"] for e in read_entries()} == {"run-1", "run-2", "old"}
+    assert {e["run_id"] for e in read_entries(node="eth-a")} == {"run-1", "old"}
+    assert [e["kind"] for e in read_entries(run_id="run-2")] == ["started", "outcome"]
+    assert len(read_entries(kind="action")) == 2
+    assert len(read_entries(kind=["started", "outcome"])) == 4
+    recent = read_entries(since=datetime.now(timezone.utc) - timedelta(hours=1))
+    assert "old" not in {e["run_id"] for e in recent} and len(recent) == 11
+    assert read_entries(since=datetime.now(timezone.utc) + timedelta(minutes=1)) == []
+    # naive datetimes are UTC
+    assert len(read_entries(since=datetime(2019, 12, 31))) == 12
+
+
+def test_day_files_before_since_are_not_even_opened(audit_dir):
+    audit_dir.mkdir(parents=True)
+    audit_dir.joinpath("audit-2020-01-01.jsonl").write_text("")
+    audit_dir.joinpath("audit-2020-01-02.jsonl").write_text("")
+    audit_dir.joinpath("notes.txt").write_text("")
+    files = audit_mod.day_files(since=datetime(2020, 1, 2, 12, tzinfo=timezone.utc))
+    assert [f.name for f in files] == ["audit-2020-01-02.jsonl"]
+
+
+def test_registered_secrets_and_secret_named_fields_never_reach_the_file(audit_dir):
+    register_secret("xoxb-1111-2222-abcdefSECRET")
+    register_secret("-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAE\n-----END OPENSSH PRIVATE KEY-----\n")
+    a = AuditRecord("run-secret", "f")
+    a.started(
+        {"by": "alert", "headers": {"Authorization": "Bearer abc.def.ghi"}},
+        {"slack_token": "plain-token-value", "Password": "pw-value-123", "nested": [{"private_key": "k" * 40}],
+         "url": "https://admin:hunter2hunter2@lb.internal:8404/stats", "routing-key": "R0UTING"},
+    )
+    a.action("h", "curl -H 'x: xoxb-1111-2222-abcdefSECRET' https://x", 0, 0.1,
+             "token echoed: xoxb-1111-2222-abcdefSECRET", "b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAE")
+    a.note("the key is xoxb-1111-2222-abcdefSECRET", extra=("xoxb-1111-2222-abcdefSECRET",))
+    raw = today_file(audit_dir).read_text()
+    for leaked in ("xoxb-1111-2222-abcdefSECRET", "abc.def.ghi", "plain-token-value", "pw-value-123", "kkkk",
+                   "hunter2hunter2", "R0UTING", "b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAE"):
+        assert leaked not in raw
+    started = read_entries(run_id="run-secret", kind="started")[0]["data"]
+    assert started["parameters"]["slack_token"] == "***"
+    assert started["parameters"]["nested"] == [{"private_key": "***"}]
+    assert started["parameters"]["url"] == "https://admin:***@lb.internal:8404/stats"
+    assert started["trigger"]["headers"]["Authorization"] == "***"
+    action = read_entries(run_id="run-secret", kind="action")[0]["data"]
+    assert action["command"] == "curl -H 'x: ***' https://x"
+    assert action["stdout_tail"] == "token echoed: ***"
+
+
+def test_redact_is_usable_on_its_own(audit_dir):
+    register_secret("abcdef123456")
+    assert redact({"msg": "x abcdef123456 y", "api_key": None, "list": ["abcdef123456"]}) == {
+        "msg": "x *** y", "api_key": None, "list": ["***"],
+    }
+    register_secret("abc")  # too short to mask safely: ignored
+    assert redact("abc") == "abc"
+
+
+def test_markdown_tells_the_story_of_one_run(audit_dir):
+    md = render_markdown(a_full_run().entries())
+    assert md.startswith("# restart_stalled_node on `eth-a`")
+    assert "**outcome: SUCCEEDED**" in md
+    assert "NodeStalled" in md  # trigger
+    assert "| dry_run | false |" in md
+    assert "1. drain eth-a from be_rpc" in md and "4. put back in rotation" in md
+    assert "`supervisorctl restart erigon` | 0 | 1.234 |" in md
+    assert "boom \\| with pipe" in md  # stderr of the failed command, table-safe
+    assert "| head | 100 | 142 **≠** |" in md
+    assert "| service.state | RUNNING | RUNNING |" in md
+    assert "**lease**: acquired lease on eth-a" in md
+    assert render_markdown([]) == "_No audit entries._\n"
+
+
+def test_cli_shows_a_run_and_tails_the_trail(audit_dir):
+    a_full_run("run-cli")
+    env = os.environ.copy()
+    show = subprocess.run([sys.executable, "-m", "tasks.audit", "show", "run-cli"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=30)
+    assert show.returncode == 0, show.stderr
+    assert "# restart_stalled_node" in show.stdout and "## Actions" in show.stdout
+    tail = subprocess.run([sys.executable, "-m", "tasks.audit", "tail", "-n", "3"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=30)
+    assert tail.returncode == 0, tail.stderr
+    lines = tail.stdout.splitlines()
+    assert len(lines) == 3 and "outcome: succeeded" in lines[-1]
+    missing = subprocess.run([sys.executable, "-m", "tasks.audit", "show", "nope"], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=30)
+    assert missing.returncode == 1 and "no audit entries" in missing.stderr
+
+
+def test_bad_input_and_unwritable_trail_are_refused(audit_dir, tmp_path):
+    a = AuditRecord("run-x", "f")
+    with pytest.raises(ValueError):
+        a.outcome("done", "not a status")  # type: ignore[arg-type]
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    broken = AuditRecord("run-y", "f", directory=blocker / "audit")
+    with pytest.raises(AuditError, match="could not write the audit entry"):
+        broken.note("hello")

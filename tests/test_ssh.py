@@ -1,0 +1,303 @@
+"""The SSH runner against a real OpenSSH server started by this module.
+
+sshd runs on 127.0.0.1 on a free port with its own host key, key-only
+logins for the unprivileged user `rbtest` (created here if missing), and is
+stopped by PID at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import socket
+import statistics
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from inventory import Host
+from tasks.audit import AuditRecord, read_entries
+from tasks.errors import CommandFailed, CommandTimeout, HostKeyChanged, HostKeyUnknown, SshError
+from tasks.redaction import clear_secrets
+from tasks.ssh import SshRunner
+
+USER = "rbtest"
+SSHD = "/usr/sbin/sshd"
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or not os.path.exists(SSHD), reason="needs root and Debian openssh-server"
+)
+
+
+def ensure_user(name: str) -> None:
+    """An unprivileged login with a plain /bin/sh (no rc files), unlocked for key-only logins."""
+    try:
+        pwd.getpwnam(name)
+        return
+    except KeyError:
+        pass
+    subprocess.run(
+        ["useradd", "--system", "--shell", "/bin/sh", "--home-dir", f"/var/lib/{name}", "--create-home", name],
+        check=True, timeout=30,
+    )
+    # UsePAM no refuses locked accounts ('!'); '*' has no password but is not locked.
+    subprocess.run(["usermod", "-p", "*", name], check=True, timeout=30)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def keygen(path: Path, kind: str = "ed25519") -> tuple[str, str]:
+    args = ["ssh-keygen", "-q", "-N", "", "-C", "", "-t", kind, "-f", str(path)]
+    if kind == "rsa":
+        args += ["-b", "2048"]
+    subprocess.run(args, check=True, timeout=60)
+    return path.read_text(), path.with_suffix(".pub").read_text()
+
+
+@dataclass
+class Sshd:
+    dir: Path
+    port: int
+    pid: int
+    host_pub: str  # "ssh-ed25519 AAAA..."
+    client_key: str
+    client_rsa_key: str
+
+    @property
+    def known_hosts(self) -> str:
+        return f"[127.0.0.1]:{self.port} {self.host_pub}\n"
+
+    def host(self) -> Host:
+        return Host(address="127.0.0.1", ssh_port=self.port, ssh_user=USER, ssh_identity_block="lab-ssh")
+
+
+@pytest.fixture(scope="module")
+def sshd():
+    ensure_user(USER)
+    os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
+    # Under /tmp (not pytest's 0700 tmp tree): sshd reads authorized_keys as the user.
+    d = Path(tempfile.mkdtemp(prefix="rb-sshd-", dir="/tmp"))
+    d.chmod(0o755)
+    _, host_pub = keygen(d / "host_key")
+    client_key, client_pub = keygen(d / "client_key")
+    rsa_key, rsa_pub = keygen(d / "client_rsa", "rsa")
+    (d / "authorized_keys").write_text(client_pub + rsa_pub)
+    (d / "authorized_keys").chmod(0o644)
+    proc = None
+    for _attempt in range(3):
+        port = free_port()
+        (d / "sshd_config").write_text(
+            f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\n"
+            f"AuthorizedKeysFile {d}/authorized_keys\nPubkeyAuthentication yes\nPasswordAuthentication no\n"
+            "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPermitRootLogin no\n"
+            f"AllowUsers {USER}\nLogLevel INFO\nMaxStartups 50\n"
+        )
+        log = open(d / "sshd.log", "ab")
+        proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(d / "sshd_config")], stdout=log, stderr=log)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.02)
+        if proc.poll() is None:
+            break
+    assert proc is not None and proc.poll() is None, (d / "sshd.log").read_text()
+    yield Sshd(d, port, proc.pid, " ".join(host_pub.split()[:2]), client_key, rsa_key)
+    proc.terminate()
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def audit(tmp_path, monkeypatch):
+    monkeypatch.setenv("RUNBOOKS_AUDIT_DIR", str(tmp_path / "audit"))
+    yield AuditRecord(f"ssh-{tmp_path.name}", "test_ssh", node="lab-node")
+    clear_secrets()
+
+
+def runner(sshd: Sshd, audit: AuditRecord, **kw) -> SshRunner:
+    kw.setdefault("private_key", sshd.client_key)
+    kw.setdefault("known_hosts", sshd.known_hosts)
+    return SshRunner(sshd.host(), None, audit, **kw)
+
+
+def actions(audit: AuditRecord) -> list[dict]:
+    return [e["data"] for e in audit.entries() if e["kind"] == "action"]
+
+
+def test_a_command_returns_its_output_and_exit_code(sshd, audit):
+    with runner(sshd, audit) as ssh:
+        who = ssh.run(["id", "-un"])
+        mixed = ssh.run(["sh", "-c", "echo out; echo err >&2; exit 3"])
+    assert who.exit_code == 0 and who.stdout == f"{USER}\n" and who.ok
+    assert (mixed.exit_code, mixed.stdout, mixed.stderr) == (3, "out\n", "err\n")
+    assert mixed.command == "sh -c 'echo out; echo err >&2; exit 3'"
+    assert not mixed.truncated and mixed.duration_s < 5
+
+
+def test_rsa_keys_and_an_identity_block_work_too(sshd, audit):
+    from blocks import SshIdentity
+
+    identity = SshIdentity(private_key=sshd.client_rsa_key, known_hosts=sshd.known_hosts)
+    with SshRunner(sshd.host(), identity, audit) as ssh:
+        assert ssh.run(["echo", "rsa"]).stdout == "rsa\n"
+
+
+def test_shell_metacharacters_in_arguments_arrive_as_literal_text(sshd, audit, tmp_path):
+    target = Path(tempfile.mkdtemp(prefix="rb-inject-", dir="/tmp"))
+    target.chmod(0o777)  # writable by rbtest, so an injection *could* create files here
+    try:
+        hostile = [
+            f"$(touch {target}/dollar)",
+            f"; touch {target}/semicolon",
+            f"`touch {target}/backtick`",
+            f"a\ntouch {target}/newline",
+            f"| touch {target}/pipe && touch {target}/and",
+            f"' ; touch {target}/quote ; '",
+            "*",
+            "$HOME",
+        ]
+        with runner(sshd, audit) as ssh:
+            result = ssh.run(["printf", "[%s]", *hostile])
+            # Control: the user can create files there when asked to.
+            ssh.run(["touch", f"{target}/control"], check=True)
+        assert result.exit_code == 0
+        assert result.stdout == "".join(f"[{h}]" for h in hostile)
+        assert sorted(p.name for p in target.iterdir()) == ["control"]
+    finally:
+        shutil.rmtree(target, ignore_errors=True)
+
+
+def test_a_command_string_is_refused(sshd, audit):
+    with runner(sshd, audit) as ssh:
+        with pytest.raises(TypeError):
+            ssh.run("echo hello")  # type: ignore[arg-type]
+        with pytest.raises(TypeError):
+            ssh.run([])
+
+
+def test_an_unknown_host_key_is_refused(sshd, audit):
+    other = "[10.9.9.9]:22 " + sshd.host_pub + "\n"
+    with pytest.raises(HostKeyUnknown, match=r"not in the SSH identity's known_hosts.*ssh-ed25519 SHA256:") as info:
+        with runner(sshd, audit, known_hosts=other):
+            pass
+    assert "Nothing was run" in str(info.value)
+    assert actions(audit) == []
+
+
+def test_a_changed_host_key_is_refused(sshd, audit, tmp_path):
+    _, impostor_pub = keygen(tmp_path / "impostor")
+    changed = f"[127.0.0.1]:{sshd.port} " + " ".join(impostor_pub.split()[:2]) + "\n"
+    with pytest.raises(HostKeyChanged, match="HOST KEY CHANGED"):
+        with runner(sshd, audit, known_hosts=changed):
+            pass
+    assert actions(audit) == []
+
+
+def test_hashed_known_hosts_entries_are_trusted(sshd, audit, tmp_path):
+    kh = tmp_path / "known_hosts"
+    kh.write_text(sshd.known_hosts)
+    subprocess.run(["ssh-keygen", "-q", "-H", "-f", str(kh)], check=True, timeout=30, capture_output=True)
+    hashed = kh.read_text()
+    assert hashed.startswith("|1|")
+    with runner(sshd, audit, known_hosts=hashed) as ssh:
+        assert ssh.run(["true"]).ok
+
+
+def test_a_command_past_its_deadline_is_stopped_and_recorded(sshd, audit):
+    with runner(sshd, audit) as ssh:
+        started = time.monotonic()
+        with pytest.raises(CommandTimeout) as info:
+            ssh.run(["sh", "-c", "echo begun; sleep 7.25; echo never"], timeout=0.5)
+        assert time.monotonic() - started < 2
+        assert info.value.result.exit_code is None and info.value.result.stdout == "begun\n"
+        # The remote process was signalled, not left behind; the connection is still usable.
+        time.sleep(0.2)
+        leftover = ssh.run(["pgrep", "-u", USER, "-f", "[s]leep 7.25"])  # [s]: not matching its own sh -c
+        assert leftover.exit_code == 1, leftover.stdout
+    recorded = actions(audit)[0]
+    assert recorded["exit_code"] is None and recorded["timeout_s"] == 0.5
+    assert recorded["command"] == "sh -c 'echo begun; sleep 7.25; echo never'"
+
+
+def test_output_beyond_the_cap_is_dropped_and_marked(sshd, audit):
+    with runner(sshd, audit, max_output_bytes=1000) as ssh:
+        r = ssh.run(["sh", "-c", "head -c 300000 /dev/zero | tr '\\0' a; head -c 5000 /dev/zero >&2; echo end"])
+    assert r.exit_code == 0 and r.truncated
+    # The end is kept: that is where the latest log lines and the final error are.
+    assert r.stdout == "a" * 996 + "end\n" and r.stderr == "\0" * 1000
+    assert actions(audit)[-1]["dropped_bytes"] == {"stdout": 300004 - 1000, "stderr": 4000}
+
+
+def test_check_raises_with_the_exit_code_and_stderr(sshd, audit):
+    with runner(sshd, audit) as ssh:
+        with pytest.raises(CommandFailed, match=r"exited 4: no such thing") as info:
+            ssh.run(["sh", "-c", "echo no such thing >&2; exit 4"], check=True)
+    assert info.value.result.exit_code == 4
+
+
+def test_every_command_is_in_the_audit_trail(sshd, audit, tmp_path):
+    commands = [["true"], ["false"], ["echo", "it's here"]]
+    with runner(sshd, audit) as ssh:
+        for argv in commands:
+            ssh.run(argv)
+        with pytest.raises(CommandTimeout):
+            ssh.run(["sleep", "5"], timeout=0.2)
+    day = datetime.now(timezone.utc).date().isoformat()
+    lines = [json.loads(ln) for ln in (tmp_path / "audit" / f"audit-{day}.jsonl").read_text().splitlines()]
+    recorded = [(e["data"]["command"], e["data"]["exit_code"]) for e in lines if e["kind"] == "action"]
+    assert recorded == [("true", 0), ("false", 1), ("echo 'it'\"'\"'s here'", 0), ("sleep 5", None)]
+    assert all(e["data"]["host"] == f"{USER}@127.0.0.1:{sshd.port}" for e in lines)
+    assert read_entries(run_id=audit.run_id, kind="action")[2]["data"]["stdout_tail"] == "it's here\n"
+
+
+def test_the_private_key_never_reaches_the_audit_trail(sshd, audit, tmp_path):
+    key_line = sshd.client_key.splitlines()[1]
+    with runner(sshd, audit) as ssh:
+        ssh.run(["echo", key_line])
+    assert key_line not in (tmp_path / "audit").joinpath(
+        f"audit-{datetime.now(timezone.utc).date().isoformat()}.jsonl").read_text()
+
+
+def test_an_unreachable_port_fails_fast_with_a_clear_error(sshd, audit):
+    host = Host(address="127.0.0.1", ssh_port=free_port(), ssh_user=USER, ssh_identity_block="x")
+    started = time.monotonic()
+    with pytest.raises(SshError, match="cannot reach the SSH port"):
+        SshRunner(host, None, audit, private_key=sshd.client_key, known_hosts=sshd.known_hosts).connect()
+    assert time.monotonic() - started < 2
+
+
+def test_commands_on_one_connection_take_milliseconds(sshd, audit, record_property):
+    with runner(sshd, audit) as ssh:
+        sock = ssh._client.get_transport().sock  # noqa: SLF001
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        ssh.run(["true"])
+        samples = []
+        for _ in range(30):
+            t = time.perf_counter()
+            ssh.run(["true"])
+            samples.append(time.perf_counter() - t)
+    median_ms = statistics.median(samples) * 1000
+    record_property("ssh_command_median_ms", round(median_ms, 2))
+    print(f"ssh per-command median {median_ms:.1f} ms")
+    # ~5 ms here with TCP_NODELAY, ~48 ms without (Nagle + delayed ACK); the
+    # sockopt check above is the real guard, this bound only catches a
+    # pathological slowdown without flaking on a busy machine.
+    assert median_ms < 250
