@@ -1,0 +1,592 @@
+"""Bring the lab up and down, report on it, inject and heal faults."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import xmlrpc.client
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import yaml
+
+from . import haproxy, netns, render, services, supervisor
+from . import topology as t
+from .install import install
+from .services import Program, jsonrpc
+from .topology import Paths
+
+UP_DEADLINE_SECONDS = 60.0
+SUPERVISORD_STOP_SECONDS = 15.0
+FAULT_KINDS = ("stall", "freeze", "kill", "partition")
+SAFE_DIR = re.compile(r"^/[A-Za-z0-9._/+-]*$")  # what the inventory accepts as a path
+
+
+class LabError(RuntimeError):
+    """Something about the lab is wrong; the message says what and what to do."""
+
+
+class LabNotUp(LabError):
+    pass
+
+
+def _paths() -> Paths:
+    root = t.lab_dir()
+    if not root.is_absolute() or not SAFE_DIR.match(str(root)) or root == Path("/"):
+        raise LabError(f"{t.LAB_DIR_ENV}={root}: must be an absolute path of letters, digits and ._/+- (not /)")
+    if str(root).startswith("/root"):
+        raise LabError(f"{t.LAB_DIR_ENV}={root}: /root is not traversable by {t.SERVICE_USER}; use e.g. /var/tmp/rblab")
+    return Paths(root)
+
+
+# ---------------------------------------------------------------- process helpers
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")[:-1]
+    except OSError:
+        return []
+
+
+def _stat(pid: int) -> tuple[int, int] | None:
+    """(ppid, pgrp) of a live process."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[1]), int(fields[2])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _all_pids() -> list[int]:
+    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
+
+
+def _is_lab_process(pid: int, root: Path) -> bool:
+    prefix = str(root) + "/"
+    return any(prefix in arg for arg in _cmdline(pid))  # sshd rewrites its argv into one string
+
+
+def _supervisord_alive(pidfile: Path, conf: Path) -> int | None:
+    pid = supervisor.read_pid(pidfile)
+    if pid and str(conf) in _cmdline(pid) and any("supervisord" in a for a in _cmdline(pid)):
+        return pid
+    return None
+
+
+def _process_parents() -> dict[int, int]:
+    parents = {}
+    for pid in _all_pids():
+        st = _stat(pid)
+        if st:
+            parents[pid] = st[0]
+    return parents
+
+
+def _descendants(seeds: set[int], parents: dict[int, int]) -> set[int]:
+    found = set(seeds)
+    grew = True
+    while grew:
+        new = {pid for pid, ppid in parents.items() if ppid in found and pid not in found}
+        found |= new
+        grew = bool(new)
+    return found
+
+
+def _lab_processes(root: Path) -> set[int]:
+    """Every process the lab started, by PID.
+
+    Seeds: our supervisords (their argv names a config under LAB_DIR), and
+    orphans (reparented to init) whose argv names LAB_DIR, e.g. what a
+    SIGKILLed supervisord left behind. Then all their descendants. A user's
+    `tail -f LAB_DIR/...` is neither, so it is left alone.
+    """
+    me = os.getpid()
+    parents = _process_parents()
+    matched = {pid for pid in parents if pid != me and _is_lab_process(pid, root)}
+    seeds = {
+        pid
+        for pid in matched
+        if any("supervisord" in a for a in _cmdline(pid)[:4]) or parents[pid] in (0, 1) or parents[pid] in matched
+    }
+    return _descendants(seeds, parents) - {me}
+
+
+# ---------------------------------------------------------------- lab.json
+
+
+@contextlib.contextmanager
+def _locked(paths: Paths):
+    if not paths.marker.exists():
+        raise LabNotUp(f"the lab is not up: {paths.root} holds no lab (run `python -m lab up`)")
+    with open(paths.lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _read_record(paths: Paths) -> dict:
+    try:
+        return json.loads(paths.lab_json.read_text())
+    except FileNotFoundError:
+        raise LabNotUp(f"the lab is not up: no {paths.lab_json} (run `python -m lab up`)") from None
+
+
+def _write_record(paths: Paths, record: dict) -> None:
+    tmp = paths.lab_json.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    tmp.replace(paths.lab_json)
+
+
+def is_up() -> bool:
+    """Did `up` finish, and is the lab supervisord still running?"""
+    paths = _paths()
+    try:
+        state = json.loads(paths.lab_json.read_text()).get("state")
+    except (OSError, ValueError):
+        return False
+    return state == "up" and _supervisord_alive(paths.supervisord_pid, paths.supervisord_conf) is not None
+
+
+# ---------------------------------------------------------------- up
+
+
+def _chown_service_user(path: Path) -> None:
+    pw = pwd.getpwnam(t.SERVICE_USER)
+    os.chown(path, pw.pw_uid, pw.pw_gid)
+
+
+def _keygen(path: Path, comment: str) -> str:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
+                   check=True, capture_output=True, timeout=30)
+    return Path(f"{path}.pub").read_text().strip()
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+            return True
+        except OSError:
+            return False
+
+
+def _write_files(paths: Paths, root_programs: list[Program]) -> dict[str, list[Program]]:
+    """Everything on disk before any process starts; returns host -> its programs."""
+    root = paths.root
+    root.mkdir(parents=True, exist_ok=True)
+    root.chmod(0o755)
+    paths.marker.write_text("rblab: `python -m lab down` removes this directory\n")
+    for d in (paths.logs, paths.ssh, paths.haproxy, paths.stub_records.parent, paths.refs / "bin", paths.refs / "data"):
+        d.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(Path(__file__).with_name("labnode.py"), paths.labnode)
+    paths.labnode.chmod(0o644)
+
+    # SSH: the lab's identity, one host key per host, known_hosts
+    pub = _keygen(paths.ssh_key, "rblab")
+    paths.authorized_keys.write_text(pub + "\n")
+    known = []
+    for h in t.HOSTS.values():
+        hd = paths.host(h.name)
+        for d in (hd, hd / "bin", hd / "data", hd / "logs"):
+            d.mkdir(parents=True, exist_ok=True)
+        key = _keygen(paths.host_key(h.name), f"rblab-{h.name}").split()
+        known.append(f"{h.address} {key[0]} {key[1]}")
+        paths.sshd_config(h.name).write_text(render.sshd_config(paths, h))
+        (hd / "bin" / "anvil").symlink_to(t.ANVIL_BIN)
+    paths.known_hosts.write_text("\n".join(known) + "\n")
+    paths.refs.joinpath("bin", "anvil").symlink_to(t.ANVIL_BIN)
+
+    for node in t.all_nodes().values():
+        dd = paths.datadir(node)
+        dd.mkdir(parents=True, exist_ok=True)
+        _chown_service_user(dd)
+
+    # HAProxy, checked before it is started
+    paths.haproxy_cfg.write_text(haproxy.render_config(paths))
+    paths.haproxy_state.write_text("1\n")  # a valid, empty server-state file (version line only)
+    check = subprocess.run(["haproxy", "-c", "-q", "-f", str(paths.haproxy_cfg)], capture_output=True, text=True)
+    if check.returncode != 0:
+        raise LabError(f"haproxy rejects {paths.haproxy_cfg}:\n{check.stderr.strip()}")
+
+    # supervisord configs
+    by_host = {h.name: services.host_programs(paths, h) for h in t.HOSTS.values()}
+    for h in t.HOSTS.values():
+        paths.host_supervisord_conf(h.name).write_text(
+            supervisor.render_config(
+                by_host[h.name],
+                socket_path=paths.host_supervisord_sock(h.name),
+                pidfile=paths.host_supervisord_pid(h.name),
+                logfile=paths.host_supervisord_log(h.name),
+                default_log_dir=paths.host(h.name) / "logs",
+                identifier=f"rblab-{h.name}",
+                socket_owner=t.SERVICE_USER,
+            )
+        )
+    paths.supervisord_conf.write_text(
+        supervisor.render_config(
+            root_programs,
+            socket_path=paths.supervisord_sock,
+            pidfile=paths.supervisord_pid,
+            logfile=paths.supervisord_log,
+            default_log_dir=paths.logs,
+            identifier="rblab-root",
+        )
+    )
+
+    # inventory, validated with the model the runbooks use
+    paths.inventory.write_text(
+        "# written by `python -m lab up`: the lab fleet\n" + yaml.safe_dump(render.inventory(paths), sort_keys=False)
+    )
+    from inventory import load_inventory
+
+    load_inventory(paths.inventory)
+    return by_host
+
+
+def _tail(path: str | Path | None, lines: int = 3) -> str:
+    if not path:
+        return ""
+    try:
+        text = Path(path).read_text(errors="replace").strip().splitlines()[-lines:]
+    except OSError:
+        return ""
+    return " | ".join(line.strip() for line in text)
+
+
+def _wait_ready(paths: Paths, root_programs: list[Program], by_host: dict[str, list[Program]], log) -> None:
+    """Until every program is RUNNING and passes its readiness check, or the deadline."""
+    pending: dict[str, tuple[Path, Program]] = {}
+    for p in root_programs:
+        pending[p.name] = (paths.supervisord_sock, p)
+    for host, progs in by_host.items():
+        for p in progs:
+            pending[f"{host}/{p.name}"] = (paths.host_supervisord_sock(host), p)
+    reasons: dict[str, str] = {}
+    end = time.monotonic() + UP_DEADLINE_SECONDS
+    while pending and time.monotonic() < end:
+        infos = {sock: supervisor.process_infos(sock) for sock in {s for s, _ in pending.values()}}
+        for label, (sock, prog) in list(pending.items()):
+            state = infos[sock].get(prog.name, {}).get("statename", "unknown")
+            if state in ("FATAL", "EXITED"):
+                raise LabError(
+                    f"{label} is {state} (log {prog.log or paths.logs / (prog.name + '.log')}: "
+                    f"{_tail(prog.log or paths.logs / (prog.name + '.log'))}); run `python -m lab down` to clean up"
+                )
+            why = None if state == "RUNNING" else f"supervisor state {state}"
+            if why is None and prog.ready is not None:
+                why = prog.ready.check()
+            if why is None:
+                del pending[label]
+            else:
+                reasons[label] = why
+        if pending:
+            time.sleep(0.2)
+    if pending:
+        lines = [f"  {label}: {reasons.get(label, '?')}" for label in pending]
+        raise LabError(
+            f"not up within {UP_DEADLINE_SECONDS:.0f}s:\n" + "\n".join(lines)
+            + f"\nlogs under {paths.root}; run `python -m lab down` to clean up"
+        )
+
+
+def up(log=print) -> dict:
+    """Build and start the whole lab; returns status(). Refuses if it is already up."""
+    paths = _paths()
+    if is_up():
+        raise LabError(f"the lab is already up at {paths.root} (run `python -m lab down` first)")
+    install(log)
+    for parent in paths.root.parents:
+        if parent.exists() and not parent.stat().st_mode & 0o001:
+            raise LabError(f"{parent} is not traversable by other users, so {t.SERVICE_USER} could not reach "
+                           f"{paths.root}: choose another {t.LAB_DIR_ENV}")
+    owner = netns.owner()
+    if owner and owner != str(paths.root):
+        raise LabError(f"the lab network ({t.BRIDGE}, rb-h*) belongs to the lab at {owner}: "
+                       f"run `LAB_DIR={owner} python -m lab down` first")
+    if paths.root.exists() and not paths.marker.exists() and any(paths.root.iterdir()):
+        raise LabError(f"{paths.root} exists, is not empty and is not a lab directory: choose another {t.LAB_DIR_ENV}")
+    if paths.root.exists() or netns.leftovers():
+        log(f"cleaning up what a previous lab at {paths.root} left")
+        down(log=lambda *_: None)
+    busy = [f"127.0.0.1:{p}" for p in (*(c.frontend_port for c in t.CHAINS.values()), t.HAPROXY_ADMIN_PORT, t.STUB_PORT)
+            if not _port_free("127.0.0.1", p)]
+    if busy:
+        raise LabError(f"ports already in use: {', '.join(busy)} (another lab or service?)")
+
+    started = time.monotonic()
+    root_programs = services.root_programs(paths)
+    try:
+        by_host = _write_files(paths, root_programs)
+        record = render.lab_record(paths, [p.name for p in root_programs])
+        _write_record(paths, record)
+        netns.create(str(paths.root))
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+        starts = [(paths.host_supervisord_conf(h.name), paths.host_supervisord_pid(h.name),
+                   paths.host_supervisord_sock(h.name), h.namespace) for h in t.HOSTS.values()]
+        starts.append((paths.supervisord_conf, paths.supervisord_pid, paths.supervisord_sock, None))
+        with ThreadPoolExecutor(max_workers=len(starts)) as pool:
+            for started_one in [pool.submit(supervisor.start, *args) for args in starts]:
+                started_one.result()
+        _wait_ready(paths, root_programs, by_host, log)
+    except LabError:
+        raise
+    except Exception as exc:
+        raise LabError(f"up failed: {type(exc).__name__}: {exc}; run `python -m lab down` to clean up") from exc
+    with _locked(paths):
+        record = _read_record(paths)
+        record["state"] = "up"
+        record["up_seconds"] = round(time.monotonic() - started, 2)
+        _write_record(paths, record)
+    log(f"lab up at {paths.root} in {time.monotonic() - started:.1f}s (inventory {paths.inventory})")
+    return status()
+
+
+# ---------------------------------------------------------------- down
+
+
+def _signal_pids(pids, sig) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+
+
+def _wait_gone(pids, seconds: float) -> set[int]:
+    end = time.monotonic() + seconds
+    alive = set(pids)
+    while alive and time.monotonic() < end:
+        alive = {p for p in alive if _stat(p) is not None and not _is_zombie(p)}
+        if alive:
+            time.sleep(0.05)
+    return alive
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def down(log=print) -> None:
+    """Stop everything, remove the network and LAB_DIR. Safe after a failed up, and twice."""
+    paths = _paths()
+    procs = _lab_processes(paths.root)
+    # Frozen process groups cannot exit: thaw everything first.
+    _signal_pids(procs, signal.SIGCONT)
+    socks = [paths.supervisord_sock, *(paths.host_supervisord_sock(h) for h in t.HOSTS)]
+    pidfiles = [(paths.supervisord_pid, paths.supervisord_conf),
+                *((paths.host_supervisord_pid(h), paths.host_supervisord_conf(h)) for h in t.HOSTS)]
+    supervisords = {pid for pid in (_supervisord_alive(pf, conf) for pf, conf in pidfiles) if pid}
+    # supervisord's own shutdown stops one priority level per ~1 s tick: ask
+    # every supervisord to signal all its programs at once (no wait) instead,
+    # and stop ourselves what a dead supervisord left behind.
+    for sock in socks:
+        with contextlib.suppress(OSError, xmlrpc.client.Error):
+            if sock.exists():
+                supervisor.client(sock, timeout=2).supervisor.stopAllProcesses(False)
+    managed = _descendants(supervisords, _process_parents())
+    _signal_pids(procs - managed, signal.SIGTERM)
+    _wait_gone(procs - supervisords, 6)
+    # An XML-RPC shutdown is acted on at once; SIGTERM waits for the next tick.
+    for sock in socks:
+        with contextlib.suppress(OSError, xmlrpc.client.Error):
+            if sock.exists():
+                supervisor.client(sock, timeout=2).supervisor.shutdown()
+    if _wait_gone(supervisords, 1.5):
+        _signal_pids(supervisords, signal.SIGTERM)
+    stuck = _wait_gone(supervisords, SUPERVISORD_STOP_SECONDS)
+    leftover = _wait_gone(procs | _lab_processes(paths.root), 0.5 if not stuck else 0)
+    if leftover:
+        log(f"killing {len(leftover)} lab process(es) that outlived supervisord: {sorted(leftover)}")
+        _signal_pids(leftover, signal.SIGKILL)
+        _wait_gone(leftover, 5)
+    owner = netns.owner()
+    if owner and owner != str(paths.root):
+        removed = []
+        log(f"leaving the lab network alone: it belongs to the lab at {owner}")
+    else:
+        removed = netns.destroy()
+    if paths.root.exists():
+        if paths.marker.exists():
+            shutil.rmtree(paths.root)
+        elif any(paths.root.iterdir()):
+            log(f"not removing {paths.root}: it holds no lab marker")
+        else:
+            paths.root.rmdir()
+    log(f"lab down ({len(supervisords)} supervisord stopped, removed {', '.join(removed) or 'no network'})")
+
+
+# ---------------------------------------------------------------- status
+
+
+def _lab_node(name: str) -> t.LabNode:
+    nodes = t.all_nodes()
+    if name not in nodes:
+        raise LabError(f"unknown node {name!r} (known: {', '.join(nodes)})")
+    return nodes[name]
+
+
+def _head(url: str) -> int | None:
+    try:
+        return int(jsonrpc(url, "eth_blockNumber", timeout=0.5), 16)
+    except Exception:  # noqa: BLE001 - any failure means "no head right now"
+        return None
+
+
+def _effective(fault: dict | None, info: dict) -> bool:
+    """Is a recorded fault still in force? A restart clears stall/freeze/kill, as in real life."""
+    if not fault:
+        return False
+    kind = fault["kind"]
+    if kind == "partition":
+        return True
+    if kind == "kill":
+        return info.get("statename") != "RUNNING"
+    return info.get("pid") == fault.get("pid")
+
+
+def status() -> dict:
+    """lab.json plus live state: supervisor state, pid, head and fault of every node and reference."""
+    paths = _paths()
+    record = _read_record(paths)
+    if not _supervisord_alive(paths.supervisord_pid, paths.supervisord_conf):
+        raise LabNotUp(f"the lab at {paths.root} is not up: its supervisord is not running "
+                       "(run `python -m lab down` then `up`)")
+    infos = {str(paths.supervisord_sock): supervisor.process_infos(paths.supervisord_sock)}
+    for h in t.HOSTS:
+        sock = paths.host_supervisord_sock(h)
+        infos[str(sock)] = supervisor.process_infos(sock)
+    every = {**record["nodes"], **record["references"]}
+    with ThreadPoolExecutor(max_workers=len(every)) as pool:
+        heads = dict(zip(every, pool.map(lambda n: _head(every[n]["rpc_url"]), every)))
+    faults = record.get("faults", {})
+    partitioned = {f["host"]: name for name, f in faults.items() if f["kind"] == "partition"}
+    for name, node in every.items():
+        info = infos[node["supervisor_socket"]].get(name, {})
+        node["state"] = info.get("statename", "UNKNOWN")
+        node["pid"] = info.get("pid") or None
+        node["head"] = heads[name]
+        own = faults.get(name)
+        if _effective(own, info):
+            node["fault"] = own["kind"]
+        elif node["host"] in partitioned:
+            node["fault"] = f"partition (host {node['host']})"
+        else:
+            node["fault"] = None
+    for name, f in faults.items():
+        f["effective"] = _effective(f, infos[every[name]["supervisor_socket"]].get(name, {}))
+    for h, host in record["hosts"].items():
+        sock_infos = infos[host["supervisor_socket"]]
+        host["supervisord_pid"] = supervisor.read_pid(Path(host["supervisor_pidfile"]))
+        host["sshd_state"] = sock_infos.get("sshd", {}).get("statename", "UNKNOWN")
+        host["link_up"] = netns.host_link_up(h)
+    root_infos = infos[str(paths.supervisord_sock)]
+    record["supervisor"]["pid"] = supervisor.read_pid(paths.supervisord_pid)
+    record["services"] = {
+        name: {"state": root_infos.get(name, {}).get("statename", "UNKNOWN"), "pid": root_infos.get(name, {}).get("pid") or None}
+        for name in record["supervisor"]["programs"]
+    }
+    try:
+        record["haproxy"]["servers"] = {f"{b}/{s}": st for (b, s), st in haproxy.server_status(timeout=1.0).items()}
+    except OSError as exc:
+        record["haproxy"]["servers"] = {"error": str(exc)}
+    record["up"] = True
+    return record
+
+
+# ---------------------------------------------------------------- faults
+
+
+def _process_info(paths: Paths, node: t.LabNode) -> dict:
+    try:
+        return supervisor.client(paths.supervisor_sock_of(node)).supervisor.getProcessInfo(node.name)
+    except (OSError, xmlrpc.client.Error) as exc:
+        raise LabError(f"cannot ask supervisord about {node.name}: {exc}") from exc
+
+
+def _group_alive(pgid: int, root: Path) -> bool:
+    return any((st := _stat(pid)) and st[1] == pgid and _is_lab_process(pid, root) for pid in _all_pids())
+
+
+def fault(node_name: str, kind: str) -> dict:
+    """Inject a fault into a node or reference; returns the fault record."""
+    paths = _paths()
+    node = _lab_node(node_name)
+    if kind not in FAULT_KINDS:
+        raise LabError(f"unknown fault {kind!r} (one of {', '.join(FAULT_KINDS)})")
+    if kind == "partition" and node.is_reference:
+        raise LabError(f"{node.name} is a reference in the root namespace: partition applies to a host's nodes")
+    with _locked(paths):
+        record = _read_record(paths)
+        faults = record.setdefault("faults", {})
+        info = _process_info(paths, node)
+        if _effective(faults.get(node.name), info):
+            raise LabError(f"{node.name} already has fault {faults[node.name]['kind']!r}: heal it first")
+        if kind == "partition":
+            for other, f in faults.items():
+                if f["kind"] == "partition" and f["host"] == node.host:
+                    raise LabError(f"host {node.host} is already partitioned (via {other}): heal {other} first")
+        entry = {"kind": kind, "at": time.time(), "host": node.host, "pid": info.get("pid") or None, "pgid": None}
+        if kind == "partition":
+            netns.set_host_link(node.host, up=False)
+        else:
+            if info["statename"] != "RUNNING" or not info["pid"]:
+                raise LabError(f"{node.name} is {info['statename']}, not running: nothing to {kind}")
+            pid = info["pid"]
+            if kind == "stall":
+                os.kill(pid, signal.SIGUSR1)
+            else:
+                pgid = os.getpgid(pid)
+                entry["pgid"] = pgid
+                os.killpg(pgid, signal.SIGSTOP if kind == "freeze" else signal.SIGKILL)
+        faults[node.name] = entry
+        _write_record(paths, record)
+    if kind == "kill":  # return once supervisord has noticed, so callers see the node down
+        end = time.monotonic() + 5
+        while time.monotonic() < end and _process_info(paths, node)["statename"] == "RUNNING":
+            time.sleep(0.05)
+    return entry
+
+
+def heal(node_name: str) -> dict | None:
+    """Undo the fault recorded for a node; returns the record healed (None if there was none)."""
+    paths = _paths()
+    node = _lab_node(node_name)
+    with _locked(paths):
+        record = _read_record(paths)
+        entry = record.get("faults", {}).get(node.name)
+        if not entry:
+            return None
+        info = _process_info(paths, node)
+        kind = entry["kind"]
+        if kind == "partition":
+            netns.set_host_link(node.host, up=True)
+        elif kind == "stall":
+            if info.get("pid") == entry["pid"] and info["statename"] == "RUNNING":
+                os.kill(entry["pid"], signal.SIGUSR2)
+        elif kind == "freeze":
+            if entry.get("pgid") and _group_alive(entry["pgid"], paths.root):
+                os.killpg(entry["pgid"], signal.SIGCONT)
+        elif kind == "kill":
+            if info["statename"] not in ("RUNNING", "STARTING"):
+                try:
+                    supervisor.client(paths.supervisor_sock_of(node), timeout=30).supervisor.startProcess(node.name, True)
+                except xmlrpc.client.Fault as exc:
+                    raise LabError(f"could not start {node.name}: {exc.faultString} (log {paths.node_log(node)}: "
+                                   f"{_tail(paths.node_log(node))})") from exc
+        del record["faults"][node.name]
+        _write_record(paths, record)
+    return entry

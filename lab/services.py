@@ -1,0 +1,207 @@
+"""The programs the lab runs, each with how to tell it is ready.
+
+`root_programs()` is THE list of programs the root-namespace lab supervisord
+runs (references, HAProxy, the outside-services stub). To add a root program
+(Prefect server, worker, Prometheus, ...), append a `Program` there: the
+supervisord config, `up`'s readiness wait, `status` and `down` all follow.
+
+`host_programs()` is the same for each host namespace (sshd and its nodes).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol
+
+from . import haproxy
+from . import topology as t
+from .topology import Paths
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+# ---------------------------------------------------------------- readiness
+
+
+class Readiness(Protocol):
+    def check(self) -> str | None:
+        """None when ready, else why not (one line)."""
+
+    def describe(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class TcpPort:
+    host: str
+    port: int
+    timeout: float = 0.5
+
+    def check(self) -> str | None:
+        try:
+            with socket.create_connection((self.host, self.port), timeout=self.timeout):
+                return None
+        except OSError as exc:
+            return f"tcp {self.host}:{self.port}: {exc.strerror or exc}"
+
+    def describe(self) -> str:
+        return f"tcp {self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class HttpOk:
+    url: str
+    timeout: float = 1.0
+
+    def check(self) -> str | None:
+        try:
+            with urllib.request.urlopen(self.url, timeout=self.timeout) as resp:
+                return None if 200 <= resp.status < 300 else f"GET {self.url}: HTTP {resp.status}"
+        except (OSError, urllib.error.URLError) as exc:
+            return f"GET {self.url}: {exc}"
+
+    def describe(self) -> str:
+        return f"GET {self.url}"
+
+
+def jsonrpc(url: str, method: str, params: list | None = None, timeout: float = 1.0):
+    """One JSON-RPC call with a hard timeout; raises on transport or RPC error."""
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params or []}).encode()
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        answer = json.loads(resp.read())
+    if "error" in answer:
+        raise RuntimeError(f"{method} at {url}: {answer['error']}")
+    return answer["result"]
+
+
+@dataclass(frozen=True)
+class JsonRpcHead:
+    url: str
+    timeout: float = 1.0
+
+    def check(self) -> str | None:
+        try:
+            int(jsonrpc(self.url, "eth_blockNumber", timeout=self.timeout), 16)
+            return None
+        except Exception as exc:  # noqa: BLE001 - any failure means "not ready", reported as text
+            return f"eth_blockNumber {self.url}: {exc}"
+
+    def describe(self) -> str:
+        return f"eth_blockNumber {self.url}"
+
+
+@dataclass(frozen=True)
+class Custom:
+    what: str
+    fn: Callable[[], str | None]
+
+    def check(self) -> str | None:
+        return self.fn()
+
+    def describe(self) -> str:
+        return self.what
+
+
+# ---------------------------------------------------------------- programs
+
+
+@dataclass(frozen=True)
+class Program:
+    """One supervisord program. Defaults suit a long-running service."""
+
+    name: str
+    argv: list[str]
+    ready: Readiness | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+    user: str | None = None  # None: root
+    log: str | None = None  # stdout+stderr; default LAB_DIR/logs/NAME.log
+    autorestart: bool = True
+    startsecs: int = 1
+    startretries: int = 3
+    stopwaitsecs: int = 10
+    stopsignal: str = "TERM"
+    priority: int = 500
+
+
+def node_program(paths: Paths, node: t.LabNode) -> Program:
+    """An anvil node behind the labnode.py wrapper (fleet node or reference).
+
+    autorestart is off: a killed node stays down until a runbook (or `heal`)
+    starts it, which is what the runbooks are tested on.
+    """
+    chain = t.CHAINS[node.chain]
+    argv = [
+        t.SYSTEM_PYTHON, str(paths.labnode),
+        "--name", node.name,
+        "--anvil", str(paths.node_bin(node)),
+        "--host", t.node_address(node),
+        "--port", str(chain.rpc_port),
+        "--chain-id", str(chain.chain_id),
+        "--datadir", str(paths.datadir(node)),
+    ]
+    if node.is_reference:
+        argv += ["--mode", "reference"]
+    else:
+        argv += ["--mode", "follower", "--reference", t.reference_url(node.chain)]
+    return Program(
+        name=node.name,
+        argv=argv,
+        ready=JsonRpcHead(t.rpc_url(node)),
+        env={"HOME": str(paths.datadir(node) / "home"), "PYTHONUNBUFFERED": "1"},
+        cwd=str(paths.datadir(node)),
+        user=t.SERVICE_USER,
+        log=str(paths.node_log(node)),
+        autorestart=False,
+        startsecs=1,
+        startretries=1,  # a node that cannot start (binary gone) fails fast
+        stopwaitsecs=5,
+        priority=100,
+    )
+
+
+def root_programs(paths: Paths) -> list[Program]:
+    """Programs of the root-namespace lab supervisord. Append new root services here."""
+    programs = [node_program(paths, ref) for ref in t.REFERENCES.values()]
+    programs.append(
+        Program(
+            name="haproxy",
+            argv=["/usr/sbin/haproxy", "-db", "-f", str(paths.haproxy_cfg)],
+            ready=Custom("HAProxy sees every server UP", lambda: haproxy.not_all_up(paths)),
+            stopwaitsecs=5,
+            priority=200,
+        )
+    )
+    programs.append(
+        Program(
+            name="stubs",
+            argv=[sys.executable, "-m", "lab.stubs", "--host", t.STUB_HOST, "--port", str(t.STUB_PORT),
+                  "--records", str(paths.stub_records)],
+            ready=HttpOk(f"http://{t.STUB_HOST}:{t.STUB_PORT}/_health"),
+            env={"PYTHONUNBUFFERED": "1"},
+            cwd=str(REPO_ROOT),
+            stopwaitsecs=5,
+            priority=300,
+        )
+    )
+    return programs
+
+
+def host_programs(paths: Paths, host: t.LabHost) -> list[Program]:
+    """Programs of one host's supervisord: its sshd and its nodes."""
+    sshd = Program(
+        name="sshd",
+        argv=["/usr/sbin/sshd", "-D", "-f", str(paths.sshd_config(host.name)), "-E", str(paths.sshd_log(host.name))],
+        ready=TcpPort(host.address, 22),
+        log=str(paths.host(host.name) / "logs" / "sshd.out"),
+        stopwaitsecs=5,
+        priority=50,
+    )
+    nodes = [node_program(paths, n) for n in t.NODES.values() if n.host == host.name]
+    return [sshd, *nodes]

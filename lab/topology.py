@@ -1,0 +1,285 @@
+"""What the lab is made of: hosts, chains, nodes, references, ports and paths.
+
+Everything else in `lab/` derives from these tables, so adding a node is one
+line in NODES (and the inventory, supervisord configs, HAProxy backends and
+status follow).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+LAB_DIR_ENV = "LAB_DIR"
+DEFAULT_LAB_DIR = "/var/tmp/rblab"
+
+SERVICE_USER = "rbsvc"
+SERVICE_HOME = "/var/lib/rbsvc"
+
+NPM_PREFIX = Path("/opt/rblab/npm")
+ANVIL_PACKAGE = "@foundry-rs/anvil-linux-amd64"
+ANVIL_VERSION = "1.7.1"
+ANVIL_BIN = NPM_PREFIX / "node_modules" / ANVIL_PACKAGE / "bin" / "anvil"
+SYSTEM_PYTHON = "/usr/bin/python3"  # runs labnode.py as the service user (stdlib only)
+
+BRIDGE = "rbbr0"
+BRIDGE_ADDRESS = "10.213.7.1"
+PREFIX_LEN = 24
+
+# Root-namespace endpoints (loopback only).
+STUB_HOST, STUB_PORT = "127.0.0.1", 18080
+HAPROXY_ADMIN_HOST, HAPROXY_ADMIN_PORT = "127.0.0.1", 19999
+
+INVENTORY_LB = "lab-lb"
+BLOCK_SSH = "lab-ssh"
+BLOCK_HAPROXY = "lab-haproxy"
+BLOCK_SLACK = "lab-slack"
+BLOCK_PAGERDUTY = "lab-pagerduty"
+
+
+@dataclass(frozen=True)
+class LabHost:
+    name: str
+    address: str
+    region: str
+
+    @property
+    def namespace(self) -> str:
+        return f"rb-{self.name}"
+
+    @property
+    def veth(self) -> str:  # root-namespace end, attached to the bridge
+        return f"rbv-{self.name}"
+
+    @property
+    def peer(self) -> str:  # created under this name, renamed eth0 inside the namespace
+        return f"rbp-{self.name}"
+
+
+@dataclass(frozen=True)
+class LabChain:
+    name: str
+    family: str
+    chain_id: int
+    rpc_port: int
+    reference: str  # name of the reference node
+    backend: str  # HAProxy backend
+    frontend_port: int  # HAProxy frontend on 127.0.0.1
+
+
+@dataclass(frozen=True)
+class LabNode:
+    name: str
+    chain: str
+    host: str | None  # None: a reference node in the root namespace
+
+    @property
+    def is_reference(self) -> bool:
+        return self.host is None
+
+
+HOSTS: dict[str, LabHost] = {
+    h.name: h
+    for h in (
+        LabHost("h1", "10.213.7.11", "lab-a"),
+        LabHost("h2", "10.213.7.12", "lab-b"),
+        LabHost("h3", "10.213.7.13", "lab-c"),
+    )
+}
+
+CHAINS: dict[str, LabChain] = {
+    c.name: c
+    for c in (
+        LabChain("lab-eth", "ethereum", 31337, 8545, "ref-eth", "eth_rpc", 18545),
+        LabChain("lab-op", "optimism", 31338, 9545, "ref-op", "op_rpc", 19545),
+    )
+}
+
+REFERENCES: dict[str, LabNode] = {
+    n.name: n for n in (LabNode("ref-eth", "lab-eth", None), LabNode("ref-op", "lab-op", None))
+}
+
+NODES: dict[str, LabNode] = {
+    n.name: n
+    for n in (
+        LabNode("eth-a", "lab-eth", "h1"),
+        LabNode("eth-b", "lab-eth", "h2"),
+        LabNode("eth-c", "lab-eth", "h3"),
+        LabNode("op-a", "lab-op", "h1"),
+        LabNode("op-b", "lab-op", "h2"),
+    )
+}
+
+# Thresholds written into the inventory for both chains.
+CHAIN_THRESHOLDS = {"max_lag_blocks": 5, "max_head_age_seconds": 8, "recovery_deadline_seconds": 60}
+
+
+def all_nodes() -> dict[str, LabNode]:
+    """Fleet nodes and references, by name."""
+    return {**NODES, **REFERENCES}
+
+
+def node_address(node: LabNode) -> str:
+    return BRIDGE_ADDRESS if node.host is None else HOSTS[node.host].address
+
+
+def rpc_url(node: LabNode) -> str:
+    return f"http://{node_address(node)}:{CHAINS[node.chain].rpc_port}"
+
+
+def reference_url(chain: str) -> str:
+    return rpc_url(REFERENCES[CHAINS[chain].reference])
+
+
+def frontend_url(chain: str) -> str:
+    return f"http://127.0.0.1:{CHAINS[chain].frontend_port}"
+
+
+def lab_dir() -> Path:
+    return Path(os.environ.get(LAB_DIR_ENV) or DEFAULT_LAB_DIR)
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Every file the lab writes, under one LAB_DIR."""
+
+    root: Path
+
+    # lab-wide
+    @property
+    def marker(self) -> Path:  # proves the directory is ours before `down` removes it
+        return self.root / ".rblab"
+
+    @property
+    def lab_json(self) -> Path:
+        return self.root / "lab.json"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / ".lab.lock"
+
+    @property
+    def inventory(self) -> Path:
+        return self.root / "inventory.yaml"
+
+    @property
+    def labnode(self) -> Path:
+        return self.root / "labnode.py"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    # root-namespace supervisord
+    @property
+    def supervisord_conf(self) -> Path:
+        return self.root / "supervisord.conf"
+
+    @property
+    def supervisord_sock(self) -> Path:
+        return self.root / "supervisord.sock"
+
+    @property
+    def supervisord_pid(self) -> Path:
+        return self.root / "supervisord.pid"
+
+    @property
+    def supervisord_log(self) -> Path:
+        return self.logs / "supervisord.log"
+
+    # ssh
+    @property
+    def ssh(self) -> Path:
+        return self.root / "ssh"
+
+    @property
+    def ssh_key(self) -> Path:
+        return self.ssh / "id_ed25519"
+
+    @property
+    def ssh_pub(self) -> Path:
+        return self.ssh / "id_ed25519.pub"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.ssh / "known_hosts"
+
+    @property
+    def authorized_keys(self) -> Path:
+        return self.ssh / "authorized_keys"
+
+    # haproxy
+    @property
+    def haproxy(self) -> Path:
+        return self.root / "haproxy"
+
+    @property
+    def haproxy_cfg(self) -> Path:
+        return self.haproxy / "haproxy.cfg"
+
+    @property
+    def haproxy_sock(self) -> Path:
+        return self.haproxy / "admin.sock"
+
+    @property
+    def haproxy_state(self) -> Path:
+        return self.haproxy / "server-state"
+
+    # stubs
+    @property
+    def stub_records(self) -> Path:
+        return self.root / "stubs" / "records.jsonl"
+
+    # references (root namespace)
+    @property
+    def refs(self) -> Path:
+        return self.root / "refs"
+
+    # per host
+    def host(self, host: str) -> Path:
+        return self.root / "hosts" / host
+
+    def host_supervisord_conf(self, host: str) -> Path:
+        return self.host(host) / "supervisord.conf"
+
+    def host_supervisord_sock(self, host: str) -> Path:
+        return self.host(host) / "supervisord.sock"
+
+    def host_supervisord_pid(self, host: str) -> Path:
+        return self.host(host) / "supervisord.pid"
+
+    def host_supervisord_log(self, host: str) -> Path:
+        return self.host(host) / "logs" / "supervisord.log"
+
+    def sshd_config(self, host: str) -> Path:
+        return self.host(host) / "sshd_config"
+
+    def sshd_log(self, host: str) -> Path:
+        return self.host(host) / "sshd.log"
+
+    def sshd_pid(self, host: str) -> Path:
+        return self.host(host) / "sshd.pid"
+
+    def host_key(self, host: str) -> Path:
+        return self.host(host) / "ssh_host_ed25519_key"
+
+    # per node (fleet node or reference)
+    def node_base(self, node: LabNode) -> Path:
+        return self.refs if node.host is None else self.host(node.host)
+
+    def node_bin(self, node: LabNode) -> Path:
+        """The anvil path the node's supervisord command uses (a symlink; delete it to break the node)."""
+        return self.node_base(node) / "bin" / "anvil"
+
+    def datadir(self, node: LabNode) -> Path:
+        return self.node_base(node) / "data" / node.name
+
+    def node_log(self, node: LabNode) -> Path:
+        return (self.logs if node.host is None else self.host(node.host) / "logs") / f"{node.name}.log"
+
+    def supervisor_conf_of(self, node: LabNode) -> Path:
+        return self.supervisord_conf if node.host is None else self.host_supervisord_conf(node.host)
+
+    def supervisor_sock_of(self, node: LabNode) -> Path:
+        return self.supervisord_sock if node.host is None else self.host_supervisord_sock(node.host)
