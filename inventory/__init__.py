@@ -63,6 +63,19 @@ class Client(str, Enum):
     avalanchego = "avalanchego"
 
 
+class RestartBudget(Strict):
+    """How often automation may restart one node before a human must look.
+
+    The n-th automatic restart inside the window waits at least
+    backoff_seconds[n-1] after the previous one (the last value repeats);
+    past max_restarts the node's circuit opens until an operator closes it.
+    """
+
+    max_restarts: Annotated[int, Field(ge=0, le=100)] = 3
+    window_seconds: Annotated[float, Field(gt=0)] = 3600.0
+    backoff_seconds: list[Annotated[float, Field(ge=0)]] = [0.0, 60.0, 300.0]
+
+
 class Chain(Strict):
     """Per-chain facts and thresholds: the one place thresholds live."""
 
@@ -76,6 +89,7 @@ class Chain(Strict):
     # Fleet short-circuit: more than this share of the chain's nodes unhealthy
     # at once is a chain incident, not a node one.
     max_unhealthy_share: Annotated[float, Field(gt=0, le=1)] = 0.5
+    restart_budget: RestartBudget = RestartBudget()
 
 
 class Host(Strict):

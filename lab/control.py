@@ -25,7 +25,7 @@ from .install import install
 from .services import Program, jsonrpc
 from .topology import Paths
 
-UP_DEADLINE_SECONDS = 60.0
+UP_DEADLINE_SECONDS = 120.0  # the Prefect server takes ~20 s to start on 2 busy cores
 SUPERVISORD_STOP_SECONDS = 15.0
 FAULT_KINDS = ("stall", "freeze", "kill", "partition")
 SAFE_DIR = re.compile(r"^/[A-Za-z0-9._/+-]*$")  # what the inventory accepts as a path
@@ -321,7 +321,7 @@ def up(log=print) -> dict:
     if paths.root.exists() or netns.leftovers():
         log(f"cleaning up what a previous lab at {paths.root} left")
         down(log=lambda *_: None)
-    busy = [f"127.0.0.1:{p}" for p in (*(c.frontend_port for c in t.CHAINS.values()), t.HAPROXY_ADMIN_PORT, t.STUB_PORT)
+    busy = [f"127.0.0.1:{p}" for p in (*(c.frontend_port for c in t.CHAINS.values()), t.HAPROXY_ADMIN_PORT, t.STUB_PORT, t.PREFECT_PORT)
             if not _port_free("127.0.0.1", p)]
     if busy:
         raise LabError(f"ports already in use: {', '.join(busy)} (another lab or service?)")

@@ -30,6 +30,9 @@ PREFIX_LEN = 24
 # Root-namespace endpoints (loopback only).
 STUB_HOST, STUB_PORT = "127.0.0.1", 18080
 HAPROXY_ADMIN_HOST, HAPROXY_ADMIN_PORT = "127.0.0.1", 19999
+PREFECT_PORT = 4200
+PREFECT_API_URL = f"http://127.0.0.1:{PREFECT_PORT}/api"
+WORK_POOL = "runbooks"
 
 INVENTORY_LB = "lab-lb"
 BLOCK_SSH = "lab-ssh"

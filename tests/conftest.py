@@ -1,4 +1,10 @@
-"""Shared fixtures. `lab`: the running lab (up once per session), as `lab.status()`."""
+"""Shared fixtures: the lab (up once per session) and a Prefect server with every
+deployment registered, shared by every test that needs them.
+
+The environment is set at import time, before Prefect reads its settings, so
+flows run in-process by tests talk to the lab's Prefect server and read the
+lab's inventory and audit directory, exactly as flows run by the worker do.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,11 @@ import os
 import pytest
 
 import lab as lab_api
+from lab import services, topology
+
+for _key, _value in services.runbook_env(topology.Paths(topology.lab_dir())).items():
+    os.environ.setdefault(_key, _value)
+os.environ.setdefault("PREFECT_TEST_API_URL", os.environ["PREFECT_API_URL"])
 
 
 @pytest.fixture(scope="session")
@@ -27,3 +38,33 @@ def lab() -> dict:
     finally:
         if not was_up:
             lab_api.down(log=lambda *_: None)
+
+
+@pytest.fixture(scope="session")
+def runbooks(lab) -> dict:
+    """The lab plus its Prefect server ready to run runbooks: blocks saved,
+    every deployment registered, and automation switched off so that only the
+    test at hand acts on the fleet (the end-to-end tests switch it on)."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    from deployments import register
+    from lab.blocks import save_lab_blocks
+    from tests import fleet
+
+    save_lab_blocks(lab_api.lab_dir())
+    register.main()
+    fleet.set_automation(False)
+    # Sync flow runs wait ~1 s for their heartbeat thread; no env var turns it off.
+    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield lab
+
+
+@pytest.fixture
+def healthy_fleet(runbooks):
+    """Every node healthy and in rotation before and after the test."""
+    from tests import fleet
+
+    fleet.restore_fleet()
+    lab_api.clear_stub_records()
+    yield runbooks
+    fleet.restore_fleet()

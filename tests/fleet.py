@@ -1,0 +1,142 @@
+"""What tests look at on the real fleet: processes, sshd logs, HAProxy, heads, audit."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+
+import httpx
+
+import lab as lab_api
+from lab import topology
+from inventory import load_inventory
+from tasks.audit import read_entries
+from tasks.haproxy import HAProxyRuntime
+from tasks.steps import assess_nodes
+
+HAPROXY = HAProxyRuntime("tcp://127.0.0.1:19999", timeout=3)
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.5, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def node(name: str) -> dict:
+    return lab_api.status()["nodes"][name]
+
+
+def pid(name: str) -> int | None:
+    return node(name)["pid"]
+
+
+def head(name: str) -> int | None:
+    try:
+        r = httpx.post(node(name)["rpc_url"], json={"jsonrpc": "2.0", "id": 1, "method": "eth_blockNumber", "params": []},
+                       timeout=2)
+        return int(r.json()["result"], 16)
+    except (httpx.HTTPError, KeyError, ValueError):
+        return None
+
+
+def head_advances(name: str, within: float = 5.0) -> bool:
+    first = head(name)
+    if first is None:
+        return False
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = head(name)
+        if now is not None and now > first:
+            return True
+    return False
+
+
+def server(name: str):
+    lb = node(name)["lb"]
+    return HAPROXY.server_state(lb["backend"], lb["server"])
+
+
+def sshd_sessions() -> dict[str, int]:
+    """Accepted SSH logins per lab host, read from each host's sshd log."""
+    out = {}
+    for host, info in lab_api.status()["hosts"].items():
+        log = Path(info["sshd_log"])
+        out[host] = log.read_text().count("Accepted publickey") if log.exists() else 0
+    return out
+
+
+def status_of(name: str) -> str:
+    return assess_nodes(load_inventory(), [name])[name].status
+
+
+def wait_status(name: str, wanted: set[str], timeout: float = 30) -> str:
+    return wait_for(lambda: (s := status_of(name)) in wanted and s, timeout, what=f"{name} to be {wanted}")
+
+
+def run_entries(state) -> list[dict]:
+    return read_entries(run_id=str(state.state_details.flow_run_id))
+
+
+def kinds(entries: list[dict]) -> list[str]:
+    return [e["kind"] for e in entries]
+
+
+def outcome(entries: list[dict]) -> dict:
+    return [e for e in entries if e["kind"] == "outcome"][-1]["data"]
+
+
+def restore_fleet(timeout: float = 60) -> None:
+    """Heal every injected fault, restore binaries, start stopped nodes, put every
+    server back in rotation, and wait until every node is healthy."""
+    st = lab_api.status()
+    for host in st["hosts"].values():
+        binary = Path(host["binary"])
+        if not binary.exists() and not binary.is_symlink():
+            os.symlink(topology.ANVIL_BIN, binary)
+    for name, info in {**st["nodes"], **st["references"]}.items():
+        if info.get("fault"):
+            lab_api.heal(name)
+    st = lab_api.status()
+    for name, info in st["nodes"].items():
+        if info["state"] != "RUNNING":
+            _start(info)
+        lb = info["lb"]
+        if HAPROXY.server_state(lb["backend"], lb["server"]).admin_state != "ready":
+            HAPROXY.ready(lb["backend"], lb["server"])
+    inv = load_inventory()
+    wait_for(lambda: all(a.healthy for a in assess_nodes(inv, sorted(inv.nodes)).values()), timeout,
+             what="every node healthy")
+
+
+def _start(info: dict) -> None:
+    from lab import supervisor
+
+    supervisor.client(Path(info["supervisor_socket"]), timeout=30).supervisor.startProcess(info["program"], True)
+
+
+def set_automation(enabled: bool) -> None:
+    """Switch the fleet-health schedule and every automation on or off."""
+    asyncio.run(_set_automation(enabled))
+
+
+async def _set_automation(enabled: bool) -> None:
+    from prefect.client.orchestration import get_client
+
+    async with get_client() as client:
+        for d in await client.read_deployments():
+            for s in d.schedules:
+                await client.update_deployment_schedule(d.id, s.id, active=enabled)
+        for a in await client.read_automations():
+            if enabled:
+                await client.resume_automation(a.id)
+            else:
+                await client.pause_automation(a.id)
