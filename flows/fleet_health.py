@@ -14,20 +14,8 @@ from prefect.artifacts import create_table_artifact
 from prefect.events import emit_event
 
 from inventory import load_inventory
+from tasks.events import NODE_UNHEALTHY, node_resource
 from tasks.steps import as_dict, assess_nodes, step
-
-UNHEALTHY_EVENT = "runbooks.node.unhealthy"
-
-
-def node_resource(node: str, chain: str) -> dict[str, str]:
-    """The Prefect event resource that names a node; triggers match on it."""
-    return {
-        "prefect.resource.id": f"runbooks.node.{node}",
-        "prefect.resource.name": node,
-        "runbooks.node": node,
-        "runbooks.chain": chain,
-    }
-
 
 @step(name="probe-fleet")
 def probe_fleet() -> list[dict]:
@@ -47,7 +35,7 @@ def fleet_health(emit_events: bool = True) -> list[dict]:
         logger.warning("%s is %s: %s", row["node"], row["status"], row["reason"])
         if emit_events:
             emit_event(
-                event=UNHEALTHY_EVENT,
+                event=NODE_UNHEALTHY,
                 resource=node_resource(row["node"], row["chain"]),
                 payload={k: row[k] for k in ("status", "reason", "head", "reference_head", "lag", "head_age_s")},
             )

@@ -225,6 +225,8 @@ def prefect_programs(paths: Paths) -> list[Program]:
         "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false",
         # Crashed runs' node leases come back within seconds of expiring.
         "PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS": "2",
+        # Resumed schedules get their next runs within seconds, not a minute.
+        "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5",
         "PYTHONUNBUFFERED": "1",
     }
     server = Program(

@@ -140,3 +140,36 @@ async def _set_automation(enabled: bool) -> None:
                 await client.resume_automation(a.id)
             else:
                 await client.pause_automation(a.id)
+
+
+class automation_on:
+    """`with automation_on():` the schedule and triggers act on the fleet, as in production."""
+
+    def __enter__(self):
+        set_automation(True)
+        return self
+
+    def __exit__(self, *exc):
+        set_automation(False)
+
+
+def flow_runs(deployment: str, since: float) -> list:
+    """Runs of a deployment created after `since` (epoch seconds), newest first."""
+    return asyncio.run(_flow_runs(deployment, since))
+
+
+async def _flow_runs(deployment: str, since: float) -> list:
+    from datetime import datetime, timezone
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName, FlowRunFilter
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    async with get_client() as client:
+        runs = await client.read_flow_runs(
+            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[deployment])),
+            sort=FlowRunSort.START_TIME_DESC,
+            limit=50,
+        )
+    cutoff = datetime.fromtimestamp(since, timezone.utc)
+    return [r for r in runs if r.created and r.created >= cutoff]

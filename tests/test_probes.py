@@ -1,0 +1,740 @@
+"""Node probes: what an operator sees when a node is fine, frozen, stalled or behind.
+
+Three layers:
+- the client-answer parsers, against response samples taken from the clients'
+  own code and docs (tests/fixtures/health/README.md says where each came from),
+  and against garbage (Hypothesis): they never raise;
+- classification, as a decision table;
+- probe_many against real anvil nodes (started here on free ports, each with
+  its own HOME, stopped by PID) and against a small local HTTP server that
+  misbehaves on purpose.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+ROOT = Path(__file__).resolve().parents[1]
+
+from inventory import Chain, ChainFamily, Client  # noqa: E402
+from tasks import probes  # noqa: E402
+from tasks.probes import (  # noqa: E402
+    ClientHealth,
+    ClientVersion,
+    HealthOptions,
+    NodeProbe,
+    ProbeError,
+    ProbeTarget,
+    Timeouts,
+    classify,
+    parse_avalanche_health,
+    parse_avalanche_is_bootstrapped,
+    parse_client_version,
+    parse_erigon_health,
+    parse_heimdall_status,
+    parse_op_node_sync_status,
+    parse_solana_get_health,
+    parse_solana_health,
+    probe_many,
+    probe_many_sync,
+    reference_head,
+)
+
+FIXTURES = Path(__file__).parent / "fixtures" / "health"
+ANVIL = Path(os.environ.get("ANVIL_BIN", "/opt/rblab/npm/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil"))
+
+
+def sample(name: str) -> tuple[int, bytes]:
+    """(status, body) of a fixture named <case>.<status>.<ext>."""
+    (path,) = FIXTURES.glob(f"{name}.*")
+    return int(path.name.split(".")[-2]), path.read_bytes()
+
+
+def chain(**overrides) -> Chain:
+    values = dict(family=ChainFamily.ethereum, references=["http://127.0.0.1:1"], max_lag_blocks=8,
+                  max_head_age_seconds=30.0)
+    return Chain(**(values | overrides))
+
+
+# ---------------------------------------------------------------------------
+# Parsers against real response shapes
+# ---------------------------------------------------------------------------
+
+class TestErigonHealth:
+    def test_all_requested_checks_pass(self):
+        h = parse_erigon_health(*sample("erigon_ok"))
+        assert h.healthy is True
+        assert h.data["checks"]["check_block"] == "DISABLED"
+        assert "synced" in h.detail and "max_seconds_behind" in h.detail
+
+    def test_body_query_form(self):
+        assert parse_erigon_health(*sample("erigon_body_query")).healthy is True
+
+    def test_not_synced_names_every_failing_check(self):
+        h = parse_erigon_health(*sample("erigon_not_synced"))
+        assert h.healthy is False
+        assert "synced: not synced" in h.detail
+        assert "not enough peers: 0" in h.detail
+        assert "timestamp too old" in h.detail
+
+    def test_a_malformed_check_request_is_inconclusive_not_a_node_failure(self):
+        h = parse_erigon_health(*sample("erigon_bad_header"))
+        assert h.healthy is None
+        assert "strconv.Atoi" in h.detail
+
+    def test_older_plain_text_answers(self):
+        assert parse_erigon_health(*sample("erigon_legacy_healthy")).healthy is True
+        h = parse_erigon_health(*sample("erigon_legacy_not_synced"))
+        assert h.healthy is False and "not synced" in h.detail
+
+    def test_something_else_on_that_path(self):
+        h = parse_erigon_health(404, b"404 page not found\n")
+        assert h.healthy is None and "HTTP 404" in h.detail
+        nethermind_style = b'{"status":"Healthy","totalDuration":"00:00:00.0012"}'
+        assert parse_erigon_health(200, nethermind_style).healthy is None
+
+
+class TestOpNodeSyncStatus:
+    NOW = 1719850265 + 2  # two seconds after the sample's unsafe head
+
+    def test_healthy_gap_and_fresh_unsafe_head(self):
+        h = parse_op_node_sync_status(*sample("op_node_sync_status"), now=self.NOW)
+        assert h.healthy is True
+        assert h.data["unsafe_l2"] == {"number": 122052000, "timestamp": 1719850265}
+        assert h.data["safe_l2"]["number"] == 122051850
+        assert h.data["finalized_l2"]["number"] == 122051200
+        assert h.data["unsafe_safe_gap"] == 150
+        assert h.data["unsafe_age_s"] == 2
+        assert h.data["l1_derivation_lag"] == 4
+
+    def test_gap_beyond_the_configured_maximum(self):
+        h = parse_op_node_sync_status(*sample("op_node_sync_status"), now=self.NOW, max_unsafe_safe_gap=100)
+        assert h.healthy is False and "safe head 150 blocks behind unsafe (max 100)" in h.detail
+
+    def test_stale_unsafe_head(self):
+        h = parse_op_node_sync_status(*sample("op_node_sync_status"), now=self.NOW + 600, max_unsafe_age_s=60)
+        assert h.healthy is False and "unsafe head 602s old" in h.detail
+
+    def test_zeroed_status_is_not_yet_initialized(self):
+        h = parse_op_node_sync_status(*sample("op_node_sync_status_zeroed"), now=self.NOW)
+        assert h.healthy is None and "not initialized" in h.detail
+
+    def test_rpc_error(self):
+        body = b'{"jsonrpc":"2.0","id":1,"error":{"code":-32601,"message":"the method optimism_syncStatus does not exist/is not available"}}'
+        h = parse_op_node_sync_status(200, body)
+        assert h.healthy is None and "-32601" in h.detail
+
+
+class TestHeimdallStatus:
+    def test_synced_node(self):
+        h = parse_heimdall_status(*sample("cometbft_status_synced"))
+        assert h.healthy is True
+        assert h.data["latest_block_height"] == 26083
+        assert h.data["catching_up"] is False
+        assert h.data["latest_block_unix"] == 1718114877  # 2024-06-11T14:07:57Z
+
+    def test_catching_up_is_not_to_be_trusted(self):
+        h = parse_heimdall_status(*sample("heimdall_status_catching_up"))
+        assert h.healthy is False
+        assert "catching up" in h.detail and h.data["latest_block_height"] == 16804312
+        assert h.data["network"] == "heimdall-137"
+
+    def test_without_the_jsonrpc_envelope(self):
+        _, body = sample("cometbft_status_synced")
+        inner = json.dumps(json.loads(body)["result"]).encode()
+        assert parse_heimdall_status(200, inner).healthy is True
+
+
+class TestSolanaHealth:
+    @pytest.mark.parametrize("case, healthy", [("ok", True), ("behind", False), ("unknown", None)])
+    def test_get_health_endpoint(self, case, healthy):
+        assert parse_solana_health(*sample(f"solana_health_{case}")).healthy is healthy
+
+    def test_transaction_status_behind(self):
+        assert parse_solana_health(200, b"transaction status behind").healthy is False
+
+    def test_get_health_rpc_ok(self):
+        assert parse_solana_get_health(*sample("solana_gethealth_ok")).healthy is True
+
+    def test_get_health_rpc_behind_reports_the_distance(self):
+        h = parse_solana_get_health(*sample("solana_gethealth_behind"))
+        assert h.healthy is False and h.data["numSlotsBehind"] == 42 and "42 slots" in h.detail
+
+    def test_get_health_rpc_unknown_distance(self):
+        h = parse_solana_get_health(*sample("solana_gethealth_unknown"))
+        assert h.healthy is None and h.data["numSlotsBehind"] is None
+
+    def test_distance_only_in_the_message(self):
+        body = b'{"jsonrpc":"2.0","error":{"code":-32005,"message":"Node is behind by 7 slots"},"id":1}'
+        assert parse_solana_get_health(200, body).data["numSlotsBehind"] == 7
+
+    def test_solana_batch_gives_slot_version_and_health(self):
+        fields = probes._interpret_solana(200, sample("solana_batch_behind")[1], time.time(), HealthOptions())
+        assert fields["head"] == 287512033
+        assert fields["client_version"] == "solana-core/1.18.22"
+        assert fields["health"].healthy is False and fields["health"].data["numSlotsBehind"] == 160
+
+
+class TestAvalancheHealth:
+    def test_healthy_get_answer(self):
+        h = parse_avalanche_health(*sample("avalanche_health_ok"))
+        assert h.healthy is True and "bootstrapped" in h.data["checks"]
+
+    def test_healthy_jsonrpc_answer(self):
+        assert parse_avalanche_health(*sample("avalanche_health_rpc_ok")).healthy is True
+
+    def test_unhealthy_names_the_failing_check(self):
+        h = parse_avalanche_health(*sample("avalanche_health_unhealthy"))
+        assert h.healthy is False
+        assert h.data["failing"] == {"bootstrapped": "subnets not bootstrapped"}
+        assert "bootstrapped: subnets not bootstrapped" in h.detail
+
+    def test_503_without_healthy_false_is_still_unhealthy(self):
+        _, body = sample("avalanche_health_ok")
+        assert parse_avalanche_health(503, body).healthy is False
+
+    @pytest.mark.parametrize("case, healthy", [("true", True), ("false", False)])
+    def test_is_bootstrapped(self, case, healthy):
+        assert parse_avalanche_is_bootstrapped(*sample(f"avalanche_is_bootstrapped_{case}")).healthy is healthy
+
+
+class TestEvmBatch:
+    def test_anvil_answer_without_net_peercount(self):
+        fields = probes._interpret_evm(200, sample("anvil_batch")[1], time.time(), HealthOptions())
+        assert fields["head"] == 0
+        assert fields["peers"] is None  # -32601 Method not found: a missing field, not a failure
+        assert fields["syncing"] is False
+        assert fields["client_version"] == "anvil/v1.7.1"
+
+    def test_geth_syncing_progress(self):
+        fields = probes._interpret_evm(200, sample("geth_syncing_batch")[1], 0x66CF1A2B + 5.5, HealthOptions())
+        assert fields["head"] == 0x1407C20
+        assert fields["peers"] == 25
+        assert fields["syncing"]["highestBlock"] == "0x140bf30"
+        assert fields["head_age_s"] == 5.5
+
+    def test_head_age_is_clamped_at_zero(self):
+        fields = probes._interpret_evm(200, sample("geth_syncing_batch")[1], 0x66CF1A2B - 100, HealthOptions())
+        assert fields["head_age_s"] == 0.0
+
+    def test_batch_too_large_fails_the_head(self):
+        result = probes._interpret_evm(200, sample("geth_batch_too_large")[1], time.time(), HealthOptions())
+        assert result == "eth_getBlockByNumber failed: -32600 batch too large"
+
+    @pytest.mark.parametrize("body, error", [
+        (b"<html>bad gateway</html>", "malformed JSON"),
+        (b'{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"batch not supported"}}', "batch refused: -32600 batch not supported"),
+        (b'"hello"', "not a JSON-RPC batch answer"),
+        (b'[{"jsonrpc":"2.0","id":1,"result":null}]', "eth_getBlockByNumber gave no latest block"),
+        (b"[]", "eth_getBlockByNumber failed: no answer in batch"),
+    ])
+    def test_unusable_answers(self, body, error):
+        assert probes._interpret_evm(200, body, time.time(), HealthOptions()).startswith(error)
+
+    def test_answers_in_any_order_and_string_ids(self):
+        doc = json.loads(sample("anvil_batch")[1])
+        for item in doc:
+            item["id"] = str(item["id"])
+        fields = probes._interpret_evm(200, json.dumps(doc[::-1]).encode(), time.time(), HealthOptions())
+        assert fields["head"] == 0 and fields["client_version"] == "anvil/v1.7.1"
+
+
+@pytest.mark.parametrize("raw, expected", [
+    ("erigon/3.0.4/linux-amd64/go1.23.1", ("erigon", "3.0.4")),
+    ("erigon/v2.60.10/linux-amd64/go1.21.5", ("erigon", "2.60.10")),
+    ("erigon/2.48.1/linux-amd64/go1.19.2", ("erigon", "2.48.1")),
+    ("Geth/v1.14.8-stable-a9523b64/linux-amd64/go1.22.6", ("geth", "1.14.8")),
+    ("anvil/v1.7.1", ("anvil", "1.7.1")),
+    ("Nethermind/v1.25.4+2bf8a789/linux-x64/dotnet8.0.8", ("nethermind", "1.25.4")),
+    ("Nethermind/v1.30.3+87c86379/linux-x64/dotnet9.0.0", ("nethermind", "1.30.3")),
+    ("nitro/v3.10.1-rc.2-d7f07be/linux-amd64/go1.25.10", ("nitro", "3.10.1-rc.2")),
+    ("nitro/vv2.0.10-73224e3/linux-amd64/go1.19.5", ("nitro", "2.0.10")),
+    ("op-geth/v1.101411.4-stable-efa05b1b/linux-amd64/go1.22.7", ("op-geth", "1.101411.4")),
+    ("bor/v1.3.7-stable-5e5c8c6b/linux-amd64/go1.22.1", ("bor", "1.3.7")),
+    ("erigon/3.0.0-alpha4/linux-amd64/go1.22.0", ("erigon", "3.0.0-alpha4")),
+])
+def test_client_version(raw, expected):
+    assert parse_client_version(raw) == ClientVersion(*expected)
+
+
+@pytest.mark.parametrize("raw", [None, "", "geth", "Geth/", "/v1.2.3", "Geth/stable", 42, "a" * 600])
+def test_client_version_not_a_version(raw):
+    assert parse_client_version(raw) is None
+
+
+# ---------------------------------------------------------------------------
+# Parsers never raise on garbage
+# ---------------------------------------------------------------------------
+
+KEYS = ["result", "error", "code", "message", "data", "id", "jsonrpc", "numSlotsBehind", "sync_info",
+        "catching_up", "latest_block_height", "latest_block_time", "node_info", "unsafe_l2", "safe_l2",
+        "finalized_l2", "current_l1", "head_l1", "number", "timestamp", "checks", "healthy", "isBootstrapped",
+        "synced", "min_peer_count", "currentBlock", "highestBlock", "solana-core"]
+SCALARS = (st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70)
+           | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=12)
+           | st.sampled_from(["0x", "0x1f", "0xzz", "HEALTHY", "ERROR: x", "ok", "behind", "2024-06-11T14:07:57Z", "-1", "9" * 30]))
+JSON = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=4)
+                    | st.dictionaries(st.sampled_from(KEYS) | st.text(max_size=6), inner, max_size=5), max_leaves=25)
+BATCH_ITEM = st.fixed_dictionaries({"id": st.integers(0, 5) | st.sampled_from(["1", "2", True]), "result": JSON},
+                                   optional={"error": JSON, "jsonrpc": st.just("2.0")})
+BODIES = st.one_of(
+    st.binary(max_size=300),
+    st.text(max_size=300).map(str.encode),
+    JSON.map(lambda v: json.dumps(v).encode()),
+    st.lists(BATCH_ITEM, max_size=5).map(lambda v: json.dumps(v).encode()),
+    st.integers(1, 3000).map(lambda n: b"[" * n),  # deep nesting
+)
+STATUS = st.integers(min_value=0, max_value=999)
+PARSERS = [parse_erigon_health, parse_heimdall_status, parse_solana_health, parse_solana_get_health,
+           parse_avalanche_health, parse_avalanche_is_bootstrapped, parse_op_node_sync_status]
+INTERPRETERS = [probes._interpret_evm, probes._interpret_solana, probes._interpret_op_node, probes._interpret_heimdall]
+
+garbage_settings = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@garbage_settings
+@given(status=STATUS, body=BODIES, which=st.sampled_from(PARSERS))
+def test_health_parsers_never_raise(status, body, which):
+    health = which(status, body)
+    assert isinstance(health, ClientHealth)
+    assert health.healthy in (True, False, None)
+
+
+@garbage_settings
+@given(body=BODIES, which=st.sampled_from(INTERPRETERS), now=st.floats(0, 2e9))
+def test_head_interpreters_never_raise(body, which, now):
+    result = which(200, body, now, HealthOptions())
+    assert isinstance(result, (str, dict))
+    if isinstance(result, dict):
+        assert isinstance(result["head"], int)
+        assert result["head_age_s"] is None or result["head_age_s"] >= 0
+
+
+@garbage_settings
+@given(raw=st.one_of(st.text(max_size=80), JSON))
+def test_client_version_parser_never_raises(raw):
+    parsed = parse_client_version(raw)
+    assert parsed is None or (parsed.client and parsed.version[0].isdigit())
+
+
+# ---------------------------------------------------------------------------
+# Classification: the decision table
+# ---------------------------------------------------------------------------
+
+def probe(**fields) -> NodeProbe:
+    values = dict(name="n", url="http://n", ok=True, head=100, head_timestamp=1, head_age_s=2.0,
+                  syncing=False, peers=None, client_version="anvil/v1.7.1", latency_s=0.01)
+    return NodeProbe(**(values | fields))
+
+
+UNHEALTHY = ClientHealth(healthy=False, detail="synced: not synced")
+INCONCLUSIVE = ClientHealth(healthy=None, detail="health endpoint unreachable: connection refused")
+
+
+@pytest.mark.parametrize("case, node, ref, status, reason_has, lag", [
+    ("no answer", probe(ok=False, error="connection refused", head=None, head_age_s=None), 100, "down", "connection refused", None),
+    ("head too old", probe(head_age_s=31.0), 100, "stalled", "31s old", 0),
+    ("stale even without references", probe(head_age_s=99.0), None, "stalled", "99s old", None),
+    ("node says syncing", probe(syncing={"currentBlock": "0x10", "highestBlock": "0x20"}), 100, "lagging", "block 16 of 32", 0),
+    ("too far behind", probe(head=91), 100, "lagging", "9 blocks behind", 9),
+    ("at the limit", probe(head=92), 100, "healthy", "head 92", 8),
+    ("ahead of references", probe(head=105), 100, "healthy", "head 105", -5),
+    ("client health says no", probe(health=UNHEALTHY), 100, "lagging", "not synced", 0),
+    ("client health says no, no reference", probe(health=UNHEALTHY), None, "lagging", "not synced", None),
+    ("no reference answered", probe(), None, "unknown", "no reference answered", None),
+    ("client health inconclusive", probe(health=INCONCLUSIVE), 100, "unknown", "inconclusive", 0),
+    ("all good", probe(health=ClientHealth(healthy=True, detail="passed: synced")), 100, "healthy", "head 100", 0),
+    ("no timestamp (solana)", probe(head_timestamp=None, head_age_s=None), 100, "healthy", "head 100", 0),
+])
+def test_classify(case, node, ref, status, reason_has, lag):
+    verdict = classify(node, ref, chain())
+    assert (verdict.status, verdict.lag) == (status, lag), verdict
+    assert reason_has in verdict.reason
+
+
+def test_reference_head_is_the_best_answering_reference():
+    refs = [probe(head=10), probe(head=12), probe(ok=False, head=None, error="timeout"), probe(head=11)]
+    assert reference_head(refs) == 12
+    assert reference_head([probe(ok=False, head=None, error="x")]) is None
+    assert reference_head([]) is None
+
+
+# ---------------------------------------------------------------------------
+# Bad input is refused before anything runs
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("targets, kwargs, message", [
+    ([("a", "ftp://x", None, None)], {}, "http(s) URL"),
+    ([("a", "not a url", None, None)], {}, "a: url"),
+    ([("a", "http://x", "parity", None)], {}, "unknown client 'parity'"),
+    ([("a", "http://x", None, "http://")], {}, "health_url"),
+    ([("", "http://x", None, None)], {}, "name"),
+    (["http://x"], {}, "a probe target is"),
+    ([("a", "http://x")], {"concurrency": 0}, "concurrency"),
+    ([("a", "http://x")], {"timeout": -1}, "timeout"),
+])
+def test_bad_input_raises_probe_error(targets, kwargs, message):
+    with pytest.raises(ProbeError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        probe_many_sync(targets, **kwargs)
+
+
+def test_bad_erigon_check_is_refused():
+    with pytest.raises(ProbeError, match="unknown Erigon health check"):
+        HealthOptions(erigon_checks=("synced", "min_peer_count; rm -rf /"))
+
+
+def test_probe_error_uses_the_project_base_when_there_is_one():
+    try:
+        from tasks.errors import RunbookError
+    except ImportError:
+        pytest.skip("tasks/errors.py not there yet")
+    assert issubclass(ProbeError, RunbookError)
+
+
+# ---------------------------------------------------------------------------
+# A local HTTP server that answers what each test tells it to
+# ---------------------------------------------------------------------------
+
+class StubServer:
+    """Serves canned (status, body) per path; records request headers; can drip or hang."""
+
+    def __init__(self):
+        self.routes: dict[str, tuple[int, bytes] | str] = {}
+        self.requests: list[tuple[str, str, list[tuple[str, str]], bytes]] = []
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _serve(self):
+                length = int(self.headers.get("content-length") or 0)
+                body = self.rfile.read(length) if length else b""
+                stub.requests.append((self.command, self.path, list(self.headers.items()), body))
+                route = stub.routes.get(self.path.split("?")[0], (404, b"404 page not found\n"))
+                if route == "drip":  # one byte every 0.4 s, forever: defeats a per-read timeout
+                    self.send_response(200)
+                    self.send_header("content-length", "100000")
+                    self.end_headers()
+                    try:
+                        for _ in range(100):
+                            self.wfile.write(b"[")
+                            self.wfile.flush()
+                            time.sleep(0.4)
+                    except OSError:
+                        pass
+                    return
+                if route == "huge":
+                    self.send_response(200)
+                    self.send_header("content-length", str(3 << 20))
+                    self.end_headers()
+                    try:
+                        for _ in range(3 * 16):
+                            self.wfile.write(b" " * (64 << 10))
+                    except OSError:
+                        pass
+                    return
+                status, payload = route
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            do_GET = do_POST = _serve
+
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, request, client_address):
+                if not isinstance(sys.exc_info()[1], OSError):  # clients hanging up is the point here
+                    super().handle_error(request, client_address)
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def stub():
+    server = StubServer()
+    yield server
+    server.close()
+
+
+def anvil_batch_body(head: int = 0) -> bytes:
+    doc = json.loads(sample("anvil_batch")[1])
+    doc[0]["result"]["number"] = hex(head)
+    doc[0]["result"]["timestamp"] = hex(int(time.time()))
+    return json.dumps(doc).encode()
+
+
+@pytest.mark.parametrize("route, error", [
+    ((503, b"upstream unavailable"), "HTTP 503: upstream unavailable"),
+    ((200, b"<html>not json"), "malformed JSON"),
+    ((200, b'{"jsonrpc":"2.0","id":1,"result":"0x10"}'), "not a JSON-RPC batch answer"),
+    ("huge", "response larger than"),
+])
+def test_a_misbehaving_endpoint_is_down_with_a_short_reason(stub, route, error):
+    stub.routes["/"] = route
+    (p,) = probe_many_sync([("bad", stub.url + "/", None, None)])
+    assert not p.ok and p.error.startswith(error), p.error
+    assert len(p.error) <= probes.ERROR_MAX_CHARS
+    assert classify(p, 100, chain()).status == "down"
+
+
+def test_a_dripping_endpoint_is_cut_at_the_probe_deadline(stub):
+    stub.routes["/"] = "drip"
+    timeouts = Timeouts(connect=0.5, read=1.0)
+    start = time.monotonic()
+    (p,) = probe_many_sync([("drip", stub.url + "/", None, None)], timeout=timeouts)
+    elapsed = time.monotonic() - start
+    assert not p.ok and "no complete answer within 1.5s" in p.error
+    assert elapsed < timeouts.deadline + 0.5
+
+
+def test_erigon_health_is_asked_with_one_header_per_check(stub):
+    stub.routes["/"] = (200, anvil_batch_body(7))
+    stub.routes["/health"] = sample("erigon_not_synced")
+    options = HealthOptions(erigon_checks=("synced", "min_peer_count3", "max_seconds_behind600"))
+    (p,) = probe_many_sync([("erigon-a", stub.url + "/", Client.erigon, stub.url + "/")], health=options)
+    assert p.ok and p.head == 7
+    assert p.health.healthy is False and "not synced" in p.health.detail
+    (health_request,) = [r for r in stub.requests if r[1] == "/health"]
+    assert [v for k, v in health_request[2] if k.lower() == "x-erigon-healthcheck"] == list(options.erigon_checks)
+    verdict = classify(p, 7, chain())
+    assert verdict.status == "lagging" and "not synced" in verdict.reason
+
+
+def test_bor_is_judged_with_its_heimdall(stub):
+    stub.routes["/"] = (200, anvil_batch_body(50))
+    stub.routes["/status"] = sample("heimdall_status_catching_up")
+    (p,) = probe_many_sync([("bor-a", stub.url + "/", "bor", stub.url + "/")])
+    assert p.health.healthy is False and classify(p, 50, chain()).status == "lagging"
+
+
+def test_op_geth_is_judged_with_its_op_node(stub):
+    stub.routes["/"] = (200, anvil_batch_body(5))
+    stub.routes["/op-node"] = sample("op_node_sync_status")  # unsafe head from 2024: far too old
+    (p,) = probe_many_sync([("base-a", stub.url + "/", Client.op_geth, stub.url + "/op-node")])
+    assert p.health.healthy is False and "unsafe head" in p.health.detail
+
+
+def test_avalanche_combines_health_and_is_bootstrapped(stub):
+    stub.routes["/ext/bc/C/rpc"] = (200, anvil_batch_body(3))
+    stub.routes["/ext/health"] = sample("avalanche_health_ok")
+    stub.routes["/ext/info"] = sample("avalanche_is_bootstrapped_false")
+    (p,) = probe_many_sync([("avax-a", stub.url + "/ext/bc/C/rpc", "avalanchego", stub.url + "/ext/health")])
+    assert p.health.healthy is False and "C-chain not bootstrapped yet" in p.health.detail
+    (info_request,) = [r for r in stub.requests if r[1] == "/ext/info"]
+    assert json.loads(info_request[3])["params"] == {"chain": "C"}
+
+
+def test_solana_node_probe(stub):
+    stub.routes["/"] = sample("solana_batch_behind")
+    (p,) = probe_many_sync([("sol-a", stub.url + "/", "solana", None)])
+    assert p.ok and p.head == 287512033 and p.health.healthy is False
+    assert classify(p, 287512040, chain(max_lag_blocks=150)).status == "lagging"
+
+
+def test_an_unreachable_health_endpoint_makes_the_verdict_unknown(stub):
+    stub.routes["/"] = (200, anvil_batch_body(9))
+    (p,) = probe_many_sync([("erigon-b", stub.url + "/", "erigon", "http://127.0.0.1:1/")])
+    assert p.ok and p.health.healthy is None and "connection refused" in p.health.detail
+    assert classify(p, 9, chain()).status == "unknown"
+
+
+def test_health_url_is_ignored_for_clients_without_one(stub):
+    stub.routes["/"] = (200, anvil_batch_body(9))
+    (p,) = probe_many_sync([("geth-a", stub.url + "/", "geth", stub.url + "/health")])
+    assert p.health is None and [r[1] for r in stub.requests] == ["/"]
+
+
+# ---------------------------------------------------------------------------
+# Real anvil nodes
+# ---------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rpc(url: str, method: str, params: list | None = None):
+    r = httpx.post(url, json={"jsonrpc": "2.0", "id": 1, "method": method, "params": params or []}, timeout=5)
+    r.raise_for_status()
+    return r.json().get("result")
+
+
+class Anvil:
+    def __init__(self, proc: subprocess.Popen, url: str, home: Path):
+        self.proc, self.url, self.home = proc, url, home
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def head(self) -> int:
+        return int(rpc(self.url, "eth_blockNumber"), 16)
+
+
+@pytest.fixture
+def anvils(tmp_path):
+    """Start anvils on free ports, each with its own HOME; stop them by PID afterwards."""
+    if not ANVIL.exists():
+        pytest.skip(f"anvil not installed at {ANVIL}: npm install --prefix /opt/rblab/npm @foundry-rs/anvil-linux-amd64@1.7.1")
+    started: list[Anvil] = []
+
+    def start(*args: str) -> Anvil:
+        for _attempt in range(3):
+            port = free_port()
+            home = tmp_path / f"anvil-{port}"
+            home.mkdir()
+            proc = subprocess.Popen(
+                [str(ANVIL), "--host", "127.0.0.1", "--port", str(port), "--prune-history", "--silent", *args],
+                env={"HOME": str(home), "PATH": os.environ.get("PATH", "")},
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+            node = Anvil(proc, f"http://127.0.0.1:{port}", home)
+            started.append(node)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and proc.poll() is None:
+                try:
+                    node.head()
+                    return node
+                except httpx.HTTPError:
+                    time.sleep(0.05)
+        raise RuntimeError("anvil did not start")
+
+    yield start
+    for node in started:
+        if node.proc.poll() is None:
+            os.kill(node.pid, signal.SIGCONT)
+            os.kill(node.pid, signal.SIGTERM)
+            try:
+                node.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                os.kill(node.pid, signal.SIGKILL)
+                node.proc.wait(timeout=5)
+        shutil.rmtree(node.home, ignore_errors=True)
+
+
+def judge(nodes: list[tuple[str, str]], refs: list[str], c: Chain, **kwargs):
+    targets = [ProbeTarget(n, url, Client.anvil) for n, url in nodes]
+    targets += [ProbeTarget(f"ref:{i}", url, "reference") for i, url in enumerate(refs)]
+    results = {p.name: p for p in probe_many_sync(targets, **kwargs)}
+    ref = reference_head([p for k, p in results.items() if k.startswith("ref:")])
+    return {n: (results[n], classify(results[n], ref, c)) for n, _ in nodes}
+
+
+def test_a_healthy_node(anvils):
+    node, ref = anvils(), anvils()
+    (p, verdict), = judge([("eth-a", node.url)], [ref.url], chain()).values()
+    assert p.ok and p.error is None
+    assert p.head == 0 and p.head_age_s is not None and p.head_age_s < 30
+    assert p.peers is None  # anvil does not implement net_peerCount: a missing field, not a failure
+    assert p.syncing is False
+    assert parse_client_version(p.client_version) == ClientVersion("anvil", "1.7.1")
+    assert 0 < p.latency_s < 3
+    assert verdict.status == "healthy" and verdict.lag == 0
+
+
+def test_a_killed_node_is_down(anvils):
+    node, ref = anvils(), anvils()
+    os.kill(node.pid, signal.SIGKILL)
+    node.proc.wait(timeout=5)
+    (p, verdict), = judge([("eth-a", node.url)], [ref.url], chain()).values()
+    assert not p.ok and p.error == "connection refused"
+    assert verdict.status == "down" and "connection refused" in verdict.reason
+
+
+def test_a_frozen_node_is_down_within_the_configured_timeout(anvils):
+    node, ref = anvils(), anvils()
+    os.kill(node.pid, signal.SIGSTOP)  # the kernel still accepts the connection; nobody answers
+    timeouts = Timeouts(connect=1.0, read=1.0)
+    start = time.monotonic()
+    verdicts = judge([("eth-a", node.url)], [ref.url], chain(), timeout=timeouts)
+    elapsed = time.monotonic() - start
+    (p, verdict), = verdicts.values()
+    assert not p.ok and p.error == "read timeout after 1s"
+    assert verdict.status == "down"
+    assert 1.0 <= p.latency_s < timeouts.deadline + 0.3
+    assert elapsed < timeouts.deadline + 1.0
+
+
+def test_a_stalled_node(anvils):
+    node, ref = anvils("--block-time", "1"), anvils("--block-time", "1")
+    deadline = time.monotonic() + 10
+    while node.head() < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert node.head() >= 2
+    rpc(node.url, "evm_setIntervalMining", [0])  # the head stops moving; the node still answers
+    frozen_head = node.head()
+    time.sleep(3.5)
+    (p, verdict), = judge([("eth-a", node.url)], [ref.url], chain(max_head_age_seconds=2.5)).values()
+    assert p.ok and p.head == frozen_head and p.head_age_s > 2.5
+    assert verdict.status == "stalled", verdict
+    assert f"head {frozen_head} is" in verdict.reason
+
+
+def test_a_lagging_node(anvils):
+    node, ref = anvils(), anvils()
+    rpc(ref.url, "anvil_mine", [20])
+    (p, verdict), = judge([("eth-a", node.url)], [ref.url], chain(max_lag_blocks=8)).values()
+    assert p.ok and p.head == 0
+    assert verdict.status == "lagging" and verdict.lag == 20
+    assert "20 blocks behind" in verdict.reason
+
+
+def test_without_an_answering_reference_the_verdict_is_unknown(anvils):
+    node = anvils()
+    (p, verdict), = judge([("eth-a", node.url)], ["http://127.0.0.1:1"], chain()).values()
+    assert p.ok and verdict.status == "unknown" and "no reference answered" in verdict.reason
+
+
+def test_many_targets_share_one_pool_and_keep_their_order(anvils):
+    a, b = anvils(), anvils()
+    rpc(b.url, "anvil_mine", [3])
+    targets = [(f"n{i}", (a, b)[i % 2].url, "anvil", None) for i in range(40)]
+    results = probe_many_sync(targets, concurrency=4)
+    assert [p.name for p in results] == [t[0] for t in targets]
+    assert [p.head for p in results] == [0, 3] * 20
+
+
+def test_probe_many_sync_works_inside_a_running_event_loop(anvils):
+    node = anvils()
+
+    async def inside_a_loop():
+        return probe_many_sync([("eth-a", node.url, "anvil", None)])
+
+    (p,) = asyncio.run(inside_a_loop())
+    assert p.ok and p.head == 0
+
+
+def test_probe_many_is_awaitable(anvils):
+    node = anvils()
+    (p,) = asyncio.run(probe_many([("eth-a", node.url, "anvil", None)], timeout=2.0))
+    assert p.ok
