@@ -17,7 +17,6 @@ from lab import services, topology
 
 for _key, _value in services.runbook_env(topology.Paths(topology.lab_dir())).items():
     os.environ.setdefault(_key, _value)
-os.environ.setdefault("PREFECT_TEST_API_URL", os.environ["PREFECT_API_URL"])
 
 
 @pytest.fixture(scope="session")
@@ -38,6 +37,12 @@ def lab() -> dict:
     finally:
         if not was_up:
             lab_api.down(log=lambda *_: None)
+
+
+@pytest.fixture(scope="session")
+def prefect_api(runbooks) -> str:
+    """The lab's Prefect server API URL (ends in /api)."""
+    return os.environ["PREFECT_API_URL"].rstrip("/")
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from pathlib import Path
@@ -11,6 +10,7 @@ import httpx
 
 import lab as lab_api
 from lab import topology
+from lab.runs import flow_runs, set_automation  # noqa: F401 - re-exported for tests
 from inventory import load_inventory
 from tasks.audit import read_entries
 from tasks.haproxy import HAProxyRuntime
@@ -123,25 +123,6 @@ def _start(info: dict) -> None:
     supervisor.client(Path(info["supervisor_socket"]), timeout=30).supervisor.startProcess(info["program"], True)
 
 
-def set_automation(enabled: bool) -> None:
-    """Switch the fleet-health schedule and every automation on or off."""
-    asyncio.run(_set_automation(enabled))
-
-
-async def _set_automation(enabled: bool) -> None:
-    from prefect.client.orchestration import get_client
-
-    async with get_client() as client:
-        for d in await client.read_deployments():
-            for s in d.schedules:
-                await client.update_deployment_schedule(d.id, s.id, active=enabled)
-        for a in await client.read_automations():
-            if enabled:
-                await client.resume_automation(a.id)
-            else:
-                await client.pause_automation(a.id)
-
-
 class automation_on:
     """`with automation_on():` the schedule and triggers act on the fleet, as in production."""
 
@@ -151,25 +132,3 @@ class automation_on:
 
     def __exit__(self, *exc):
         set_automation(False)
-
-
-def flow_runs(deployment: str, since: float) -> list:
-    """Runs of a deployment created after `since` (epoch seconds), newest first."""
-    return asyncio.run(_flow_runs(deployment, since))
-
-
-async def _flow_runs(deployment: str, since: float) -> list:
-    from datetime import datetime, timezone
-
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName, FlowRunFilter
-    from prefect.client.schemas.sorting import FlowRunSort
-
-    async with get_client() as client:
-        runs = await client.read_flow_runs(
-            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[deployment])),
-            sort=FlowRunSort.START_TIME_DESC,
-            limit=50,
-        )
-    cutoff = datetime.fromtimestamp(since, timezone.utc)
-    return [r for r in runs if r.created and r.created >= cutoff]

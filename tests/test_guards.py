@@ -1,0 +1,587 @@
+"""Safety guards: what keeps automation from making a bad night worse.
+
+Real components: a real Prefect server for leases and the pause switch, real
+anvil nodes as chain references, real audit files in a temporary directory.
+All but one test are fast; the crashed-holder test waits for a real lease to
+expire (~60 s plus one repossessor loop).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import httpx
+import pytest
+
+from inventory import Inventory, RestartBudget
+from tasks import guards
+from tasks.audit import AuditRecord, read_entries
+from tasks.guards import LeaseBusy, chain_incident, node_lease, restart_decision
+from tasks.steps import assess_nodes
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop_process(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """Stop a process this module started (its own session: the group is ours alone)."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+
+
+# ---------------------------------------------------------------------------
+# Prefect server for this module.
+# TO BE REPLACED by the lead's shared session fixture: everything the tests
+# need from it is `prefect_api` (the API URL, ending in /api).
+# ---------------------------------------------------------------------------
+
+def start_module_prefect_server(home: Path) -> tuple[str, subprocess.Popen]:
+    """`prefect server start` on a free loopback port with its own PREFECT_HOME; waits for /api/health."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")} | {
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_ENABLED": "false",
+        # Expired leases are reclaimed within 2 s of expiring instead of 15.
+        "PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS": "2",
+    }
+    log = open(home / "server.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=home, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    api = f"http://127.0.0.1:{port}/api"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"prefect server exited {proc.returncode}:\n{(home / 'server.log').read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{api}/health", timeout=1).status_code == 200:
+                return api, proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    stop_process(proc)
+    raise RuntimeError(f"prefect server not healthy within 90 s:\n{(home / 'server.log').read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def prefect_api(tmp_path_factory):
+    if os.environ.get("PREFECT_TEST_API_URL"):
+        yield os.environ["PREFECT_TEST_API_URL"].rstrip("/")
+        return
+    api, proc = start_module_prefect_server(tmp_path_factory.mktemp("prefect-home"))
+    try:
+        yield api
+    finally:
+        stop_process(proc)
+
+
+# ---------------------------------------------------------------------------
+# Fixtures
+# ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def prefect(prefect_api):
+    """This process, every thread it starts (Prefect's own included) and its
+    subprocesses talk to the test server."""
+    from prefect.context import refresh_global_settings_context
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    old = os.environ.get("PREFECT_API_URL")
+    os.environ["PREFECT_API_URL"] = prefect_api
+    # New threads do not inherit context variables: they read Prefect's global
+    # settings, built from the environment when prefect was imported.
+    refresh_global_settings_context()
+    try:
+        with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+            yield prefect_api
+    finally:
+        if old is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = old
+        refresh_global_settings_context()
+
+
+@pytest.fixture
+def audit_dir(tmp_path, monkeypatch):
+    d = tmp_path / "audit"
+    monkeypatch.setenv("RUNBOOKS_AUDIT_DIR", str(d))
+    return d
+
+
+@pytest.fixture
+def node(prefect):
+    """A node name no other test (or a shared server's other users) uses; its limit is removed after."""
+    name = f"gt-{uuid.uuid4().hex[:10]}"
+    yield name
+    httpx.delete(f"{prefect}/v2/concurrency_limits/{guards.node_limit_name(name)}", timeout=5)
+
+
+@pytest.fixture
+def pause_variable(prefect, monkeypatch):
+    """The pause switch under a name of its own, so a shared server's real switch is never touched."""
+    name = f"runbooks_paused_test_{uuid.uuid4().hex[:8]}"
+    monkeypatch.setattr(guards, "PAUSE_VARIABLE", name)
+    yield name
+    httpx.delete(f"{prefect}/variables/name/{name}", timeout=5)
+
+
+# ---------------------------------------------------------------------------
+# Per-node lease
+# ---------------------------------------------------------------------------
+
+def test_a_second_run_on_a_leased_node_is_refused_quickly(node):
+    with node_lease(node, wait_seconds=2) as held:
+        assert held.limit == f"runbooks-node-{node}"
+        started = time.monotonic()
+        with pytest.raises(LeaseBusy) as busy:
+            with node_lease(node, wait_seconds=2):
+                pytest.fail("two runs held the same node's lease")
+        refused_in = time.monotonic() - started
+        assert busy.value.node == node and node in str(busy.value)
+        assert 2.0 <= refused_in < 4.0, refused_in
+    # Released: the next automated run gets it at once.
+    started = time.monotonic()
+    with node_lease(node, wait_seconds=2) as held:
+        assert held.waited_s < 1.0
+    print(f"\nrefused after {refused_in:.2f}s; free lease taken in {time.monotonic() - started:.3f}s")
+
+
+def test_an_on_demand_run_waits_and_gets_the_lease_right_after_release(node):
+    released: dict[str, float] = {}
+    holding = threading.Event()
+
+    def other_run():
+        with node_lease(node, wait_seconds=2):
+            holding.set()
+            time.sleep(3)
+            released["at"] = time.monotonic()
+
+    t = threading.Thread(target=other_run)
+    t.start()
+    assert holding.wait(20)
+    with node_lease(node, wait_seconds=30) as held:
+        latency = time.monotonic() - released["at"]
+    t.join(10)
+    assert held.waited_s >= 2.0
+    # Polling every 0.5 s: noticed well before the server's Retry-After would have said.
+    assert latency < 2.0, latency
+    print(f"\nwaited {held.waited_s:.2f}s; acquired {latency:.3f}s after the holder left its block")
+
+
+def test_leases_are_per_node(node, prefect):
+    other = f"{node}-b"
+    try:
+        with node_lease(node, wait_seconds=2), node_lease(other, wait_seconds=2):
+            pass
+    finally:
+        httpx.delete(f"{prefect}/v2/concurrency_limits/{guards.node_limit_name(other)}", timeout=5)
+
+
+def test_the_node_limit_is_created_once_even_by_concurrent_runs(node, prefect):
+    errors: list[BaseException] = []
+
+    def ensure():
+        try:
+            guards.ensure_node_limit(node)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=ensure) for _ in range(4)]
+    [t.start() for t in threads]
+    [t.join(30) for t in threads]
+    assert not errors
+    limit = httpx.get(f"{prefect}/v2/concurrency_limits/{guards.node_limit_name(node)}", timeout=5).json()
+    assert limit["limit"] == 1 and limit["active"] is True
+
+
+def test_bad_lease_arguments_are_refused_before_any_call():
+    from tasks.errors import InvalidInput
+
+    for kwargs in ({"wait_seconds": -1}, {"wait_seconds": 2, "lease_seconds": 30}, {"wait_seconds": float("nan")}):
+        with pytest.raises(InvalidInput):
+            with node_lease("eth-a", **kwargs):
+                pass
+    with pytest.raises(InvalidInput):
+        with node_lease("eth a; rm -rf /", wait_seconds=1):
+            pass
+
+
+CRASHING_RUN = textwrap.dedent(
+    """
+    import sys, time
+    from tasks.guards import node_lease
+    with node_lease(sys.argv[1], wait_seconds=10, lease_seconds=60):
+        print(f"acquired {time.time()}", flush=True)
+        time.sleep(600)
+    """
+)
+
+
+def test_the_lease_of_a_killed_run_expires_and_is_reclaimed(node, prefect):
+    """SIGKILL the holder: nothing releases its lease; the server expires it
+    (60 s after its last renewal) and the repossessor frees the slot."""
+    env = os.environ | {"PREFECT_API_URL": prefect, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CRASHING_RUN, node], cwd=ROOT, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True,
+    )
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("acquired"), f"the holder did not take the lease: {line!r}"
+        acquired_at = float(line.split()[1])
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        killed_at = time.time()
+
+        with pytest.raises(LeaseBusy):
+            with node_lease(node, wait_seconds=1):
+                pass
+        # lease 60 s + the repossessor loop (2 s here; 15 s by default) + margin.
+        with node_lease(node, wait_seconds=120) as held:
+            reclaimed_at = time.time()
+    finally:
+        stop_process(proc, grace=1)
+    since_acquired = reclaimed_at - acquired_at
+    print(f"\nreclaimed {since_acquired:.1f}s after the crashed run took it, "
+          f"{reclaimed_at - killed_at:.1f}s after SIGKILL (waited {held.waited_s:.1f}s)")
+    assert 59 <= since_acquired <= 100, since_acquired
+
+
+# ---------------------------------------------------------------------------
+# Restart budget and circuit breaker (derived from the audit trail)
+# ---------------------------------------------------------------------------
+
+BUDGET = RestartBudget(max_restarts=3, window_seconds=3600, backoff_seconds=[0, 60, 300])
+
+
+def restarted(node: str, run: str, automatic: bool = True) -> datetime:
+    """Record an automatic restart the way node-recovery does; returns its time."""
+    audit = AuditRecord(run, "node-recovery", node=node)
+    entry = audit.action(host="ops@10.0.0.5:22", command="supervisorctl restart eth", exit_code=0,
+                         duration_s=1.2, step="restart", automatic=automatic)
+    return datetime.fromisoformat(entry["ts"])
+
+
+def test_three_restarts_with_back_off_then_the_circuit_opens_once_and_stays_open(audit_dir):
+    node = "eth-a"
+    decisions = []
+
+    def decide(at: datetime) -> guards.RestartDecision:
+        d = restart_decision(node, BUDGET, now=at)
+        decisions.append(d)
+        return d
+
+    first = decide(datetime.now(timezone.utc))
+    assert first.allowed and first.restarts_in_window == 0 and not first.circuit_open
+    t1 = restarted(node, "run-1")
+
+    backing_off = decide(t1 + timedelta(seconds=10))
+    assert not backing_off.allowed and not backing_off.escalate and not backing_off.circuit_open
+    assert backing_off.next_allowed_at == t1 + timedelta(seconds=60)
+    assert "backing off" in backing_off.reason
+    assert decide(t1 + timedelta(seconds=61)).allowed
+    t2 = restarted(node, "run-2")
+
+    assert not decide(t2 + timedelta(seconds=299)).allowed
+    third = decide(t2 + timedelta(seconds=301))
+    assert third.allowed and third.restarts_in_window == 2
+    t3 = restarted(node, "run-3")
+    # Neither a manual restart nor another node's restart counts.
+    restarted(node, "run-manual", automatic=False)
+    restarted("eth-b", "run-b")
+
+    later = t3 + timedelta(seconds=600)
+    opening = decide(later)
+    assert not opening.allowed and opening.circuit_open and opening.escalate
+    assert opening.restarts_in_window == 3 and "budget exhausted" in opening.reason
+    audit = AuditRecord("run-4", "node-recovery", node=node)
+    entry = guards.record_circuit_open(audit, node, opening)
+    assert entry["data"]["name"] == "circuit-open" and entry["data"]["node"] == node
+    assert guards.record_circuit_open(audit, node, opening) is None  # recorded once
+    assert guards.circuit_state(node) == "open"
+    assert guards.circuit_state("eth-b") == "closed"
+
+    for _ in range(3):
+        stays = decide(later + timedelta(seconds=5))
+        assert not stays.allowed and stays.circuit_open and not stays.escalate
+    # Open until an operator closes it, even after the restarts left the window.
+    assert decide(datetime.now(timezone.utc) + timedelta(days=2)).circuit_open
+    assert sum(d.escalate for d in decisions) == 1
+
+
+def test_closing_the_circuit_counts_restarts_afresh(audit_dir):
+    node = "eth-a"
+    for i in range(3):
+        restarted(node, f"run-{i}")
+    opening = restart_decision(node, BUDGET)
+    guards.record_circuit_open(AuditRecord("run-x", "node-recovery", node=node), node, opening)
+    assert guards.circuit_state(node) == "open"
+
+    entry = guards.close_circuit(node, "alice", "replaced the failing disk")
+    assert entry["flow"] == "close-circuit" and entry["data"]["name"] == "circuit-closed"
+    assert entry["data"]["operator"] == "alice"
+    assert guards.circuit_state(node) == "closed"
+    after = restart_decision(node, BUDGET)
+    assert after.allowed and after.restarts_in_window == 0 and not after.circuit_open
+    restarted(node, "run-after")
+    assert restart_decision(node, BUDGET, now=datetime.now(timezone.utc) + timedelta(seconds=61)).restarts_in_window == 1
+    with pytest.raises(guards.CircuitNotOpen):
+        guards.close_circuit(node, "alice", "again")
+
+
+def test_restarts_leave_the_window_and_the_last_back_off_repeats(audit_dir):
+    node = "eth-c"
+    budget = RestartBudget(max_restarts=5, window_seconds=600, backoff_seconds=[0, 10])
+    t = [restarted(node, f"run-{i}") for i in range(3)]
+    d = restart_decision(node, budget, now=t[-1] + timedelta(seconds=5))
+    assert not d.allowed and d.next_allowed_at == t[-1] + timedelta(seconds=10)  # 4th needs backoff[-1]
+    assert restart_decision(node, budget, now=t[-1] + timedelta(seconds=11)).restarts_in_window == 3
+    gone = restart_decision(node, budget, now=t[-1] + timedelta(seconds=601))
+    assert gone.allowed and gone.restarts_in_window == 0
+
+
+def test_a_zero_budget_escalates_at_the_first_need(audit_dir):
+    d = restart_decision("eth-z", RestartBudget(max_restarts=0))
+    assert not d.allowed and d.escalate and d.circuit_open
+
+
+# ---------------------------------------------------------------------------
+# The close-circuit and pause-remediation flows (in-process, real server)
+# ---------------------------------------------------------------------------
+
+INVENTORY = """
+chains:
+  lab-eth:
+    family: ethereum
+    references: ["http://127.0.0.1:9/"]
+hosts:
+  h1: {address: 127.0.0.1, ssh_user: ops, ssh_identity_block: lab-ssh}
+nodes:
+  eth-a:
+    chain: lab-eth
+    client: anvil
+    host: h1
+    service: {manager: supervisor, name: eth-a}
+    rpc_url: http://127.0.0.1:9/
+    datadir: /var/tmp/eth-a
+"""
+
+
+@pytest.fixture
+def inventory_file(tmp_path, monkeypatch):
+    p = tmp_path / "inventory.yaml"
+    p.write_text(INVENTORY)
+    monkeypatch.setenv("RUNBOOKS_INVENTORY", str(p))
+    return p
+
+
+def test_an_operator_closes_an_open_circuit_from_the_ui(prefect, audit_dir, inventory_file):
+    from flows.circuit import close_circuit
+
+    noop = close_circuit("eth-a", "alice", "nothing to close yet")
+    assert noop["outcome"] == "noop"
+    outcomes = [e for e in read_entries(kind="outcome") if e["flow"] == "close-circuit"]
+    assert outcomes[-1]["data"]["status"] == "noop"
+
+    for i in range(3):
+        restarted("eth-a", f"run-{i}")
+    guards.record_circuit_open(AuditRecord("run-x", "node-recovery", node="eth-a"), "eth-a",
+                               restart_decision("eth-a", BUDGET))
+    closed = close_circuit("eth-a", "alice@example.org", "disk replaced, node resynced")
+    assert closed["outcome"] == "closed" and guards.circuit_state("eth-a") == "closed"
+    run_entries = [e for e in read_entries() if e["flow"] == "close-circuit" and e["run_id"] != outcomes[-1]["run_id"]]
+    kinds = [e["kind"] for e in run_entries]
+    assert kinds[0] == "started" and kinds[-1] == "outcome" and "guard" in kinds
+    assert any(e["data"].get("name") == "circuit-closed" for e in run_entries if e["kind"] == "guard")
+
+
+def test_closing_a_circuit_of_an_unknown_node_is_refused_before_anything(prefect, audit_dir, inventory_file):
+    from flows.circuit import close_circuit
+    from inventory import InventoryError
+
+    with pytest.raises(InventoryError):
+        close_circuit("eth-nope", "alice", "typo")
+    assert not [e for e in read_entries() if e["kind"] == "guard"]
+
+
+def test_the_pause_switch_round_trip(prefect, pause_variable):
+    assert guards.pause_state() == guards.PauseState(False, "", "")
+    on = guards.set_pause(True, "chain halt on lab-eth", "alice")
+    assert on.paused
+    assert guards.pause_state() == guards.PauseState(True, "chain halt on lab-eth", "alice")
+    value = httpx.get(f"{prefect}/variables/name/{pause_variable}", timeout=5).json()["value"]
+    assert value["paused"] is True and value["by"] == "alice"
+    guards.set_pause(False, "chain moving again", "bob")
+    assert guards.pause_state() == guards.PauseState(False, "chain moving again", "bob")
+
+
+def test_the_pause_flow_sets_the_switch_and_audits_it(prefect, pause_variable, audit_dir, inventory_file):
+    from flows.circuit import pause_remediation
+
+    result = pause_remediation(True, "maintenance window", "alice")
+    assert result["paused"] is True and guards.pause_state().paused
+    guard = [e for e in read_entries(kind="guard") if e["flow"] == "pause-remediation"]
+    assert guard[-1]["data"]["name"] == "remediation-paused" and guard[-1]["data"]["by"] == "alice"
+    pause_remediation(False, "maintenance over", "alice")
+    assert not guards.pause_state().paused
+
+
+def test_an_unreadable_pause_switch_counts_as_paused(monkeypatch):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: f"http://127.0.0.1:{free_port()}/api"}):
+        started = time.monotonic()
+        state = guards.pause_state(timeout=2)
+    assert state.paused and "could not be read" in state.reason
+    assert time.monotonic() - started < 5
+
+
+def test_a_garbage_pause_value_counts_as_paused(prefect, pause_variable):
+    httpx.post(f"{prefect}/variables/", json={"name": pause_variable, "value": "maybe"}, timeout=5).raise_for_status()
+    state = guards.pause_state()
+    assert state.paused and "unreadable value" in state.reason
+
+
+# ---------------------------------------------------------------------------
+# Fleet short-circuit, with real anvil nodes as references
+# ---------------------------------------------------------------------------
+
+ANVIL = Path(os.environ.get("ANVIL_BIN", "/opt/rblab/npm/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil"))
+
+
+@pytest.fixture
+def anvils(tmp_path):
+    """Start anvils on free ports, each with its own HOME; stop them by PID afterwards."""
+    if not ANVIL.exists():
+        pytest.skip(f"anvil not installed at {ANVIL}")
+    started: list[subprocess.Popen] = []
+
+    def start(*args: str) -> str:
+        port = free_port()
+        home = tmp_path / f"anvil-{port}"
+        home.mkdir()
+        proc = subprocess.Popen(
+            [str(ANVIL), "--host", "127.0.0.1", "--port", str(port), "--prune-history", "--silent", *args],
+            env={"HOME": str(home), "PATH": os.environ.get("PATH", "")},
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        started.append(proc)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                httpx.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "eth_blockNumber", "params": []}, timeout=1)
+                return url
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        raise RuntimeError("anvil did not start")
+
+    yield start
+    for proc in started:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def fleet(refs: list[str], nodes: dict[str, str]) -> Inventory:
+    return Inventory.model_validate({
+        "chains": {"lab-eth": {"family": "ethereum", "references": refs, "max_head_age_seconds": 60,
+                               "max_unhealthy_share": 0.5}},
+        "hosts": {"h1": {"address": "127.0.0.1", "ssh_user": "ops", "ssh_identity_block": "lab-ssh"}},
+        "nodes": {n: {"chain": "lab-eth", "client": "anvil", "host": "h1", "rpc_url": url,
+                      "service": {"manager": "supervisor", "name": n}, "datadir": f"/var/tmp/{n}"}
+                  for n, url in nodes.items()},
+    })
+
+
+def sweep(inv: Inventory) -> tuple[dict, list]:
+    return assess_nodes(inv, list(inv.nodes_on_chain("lab-eth"))), guards.probe_references(inv, "lab-eth")
+
+
+def closed_port_url() -> str:
+    return f"http://127.0.0.1:{free_port()}"
+
+
+def test_a_single_sick_node_is_a_node_problem(anvils):
+    ref, a, b = anvils(), anvils(), anvils()
+    inv = fleet([ref], {"eth-a": a, "eth-b": b, "eth-c": closed_port_url()})
+    assessments, refs = sweep(inv)
+    assert [n for n, x in assessments.items() if not x.healthy] == ["eth-c"]
+    assert chain_incident(inv, "lab-eth", assessments, refs) is None
+
+
+def test_a_single_sick_node_on_a_one_node_chain_is_still_a_node_problem(anvils):
+    inv = fleet([anvils()], {"eth-a": closed_port_url()})
+    assert chain_incident(inv, "lab-eth", *sweep(inv)) is None
+
+
+def test_most_of_the_chain_sick_at_once_is_a_chain_incident(anvils):
+    ref, a = anvils(), anvils()
+    inv = fleet([ref], {"eth-a": a, "eth-b": closed_port_url(), "eth-c": closed_port_url()})
+    reason = chain_incident(inv, "lab-eth", *sweep(inv))
+    assert reason and "2 of 3 nodes unhealthy" in reason and "eth-b" in reason
+
+
+def test_stalled_references_are_a_chain_incident(anvils):
+    hour_ago = str(int(time.time()) - 3600)
+    stale = [anvils("--timestamp", hour_ago), anvils("--timestamp", hour_ago)]
+    inv = fleet(stale, {"eth-a": anvils(), "eth-b": anvils()})
+    reason = chain_incident(inv, "lab-eth", *sweep(inv))
+    assert reason and "every reference head is stale" in reason
+
+
+def test_one_fresh_reference_is_enough(anvils):
+    inv = fleet([anvils("--timestamp", str(int(time.time()) - 3600)), anvils()], {"eth-a": anvils()})
+    assert chain_incident(inv, "lab-eth", *sweep(inv)) is None
+
+
+def test_no_reference_answering_is_a_chain_incident(anvils):
+    inv = fleet([closed_port_url(), closed_port_url()], {"eth-a": anvils()})
+    reason = chain_incident(inv, "lab-eth", *sweep(inv))
+    assert reason and "no reference answered" in reason
+
+
+def test_partial_assessments_are_refused(anvils):
+    from tasks.errors import InvalidInput
+
+    inv = fleet([anvils()], {"eth-a": anvils(), "eth-b": closed_port_url()})
+    assessments, refs = sweep(inv)
+    with pytest.raises(InvalidInput, match="eth-b"):
+        chain_incident(inv, "lab-eth", {"eth-a": assessments["eth-a"]}, refs)
+
+
+def test_a_chain_incident_is_escalated_once_per_window(audit_dir):
+    assert guards.should_escalate_chain_incident("lab-eth")
+    guards.record_chain_incident(AuditRecord("run-1", "node-recovery", node="eth-a"), "lab-eth", "refs stalled", escalated=True)
+    guards.record_chain_incident(AuditRecord("run-2", "node-recovery", node="eth-b"), "lab-eth", "refs stalled", escalated=False)
+    assert not guards.should_escalate_chain_incident("lab-eth")
+    assert guards.should_escalate_chain_incident("other-chain")
+    later = datetime.now(timezone.utc) + timedelta(seconds=3601)
+    assert guards.should_escalate_chain_incident("lab-eth", now=later)
