@@ -277,7 +277,7 @@ def alert_event(alert: WebhookAlert, node: str, chain: str, occurred: datetime) 
         "id": event_id(alert),
         "occurred": occurred.isoformat(),
         "event": FIRING_EVENT if alert.status == "firing" else RESOLVED_EVENT,
-        "resource": node_resource(node, chain),
+        "resource": node_resource(node, chain, problem=alert.labels.get("reason")),
         "related": [{
             "prefect.resource.id": f"runbooks.alert.{alert.fingerprint}",
             "prefect.resource.role": "alert",
@@ -287,6 +287,7 @@ def alert_event(alert: WebhookAlert, node: str, chain: str, occurred: datetime) 
             "alertname": alertname,
             "severity": alert.labels.get("severity"),
             "reason": alert.labels.get("reason") or alertname,
+            "problem": alert.labels.get("reason") or alertname,
             "fingerprint": alert.fingerprint,
             "status": alert.status,
             "startsAt": alert.startsAt,

@@ -36,8 +36,9 @@ def fleet_health(emit_events: bool = True) -> list[dict]:
         if emit_events:
             emit_event(
                 event=NODE_UNHEALTHY,
-                resource=node_resource(row["node"], row["chain"]),
-                payload={k: row[k] for k in ("status", "reason", "head", "reference_head", "lag", "head_age_s")},
+                resource=node_resource(row["node"], row["chain"], problem=row["status"]),
+                payload={"problem": row["status"]}
+                | {k: row[k] for k in ("status", "reason", "head", "reference_head", "lag", "head_age_s")},
             )
     logger.info("%d nodes, %d unhealthy", len(rows), len(unhealthy))
     return rows

@@ -33,6 +33,14 @@ def lab_secrets(lab_dir: Path) -> dict[str, str]:
     return values
 
 
+def write_bridge_token(lab_dir: Path, path: Path) -> None:
+    """The bridge's bearer token in a mode-600 file, read by the bridge and Alertmanager."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(lab_secrets(lab_dir)["bridge_token"])
+
+
 def save_lab_blocks(lab_dir: Path) -> None:
     values = lab_secrets(lab_dir)
     SshIdentity(

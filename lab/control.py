@@ -191,6 +191,9 @@ def _write_files(paths: Paths, root_programs: list[Program]) -> dict[str, list[P
     paths.marker.write_text("rblab: `python -m lab down` removes this directory\n")
     for d in (paths.logs, paths.ssh, paths.haproxy, paths.stub_records.parent, paths.refs / "bin", paths.refs / "data"):
         d.mkdir(parents=True, exist_ok=True)
+    for program in root_programs:
+        if program.prepare is not None:
+            program.prepare()
     shutil.copyfile(Path(__file__).with_name("labnode.py"), paths.labnode)
     paths.labnode.chmod(0o644)
 
@@ -321,7 +324,8 @@ def up(log=print) -> dict:
     if paths.root.exists() or netns.leftovers():
         log(f"cleaning up what a previous lab at {paths.root} left")
         down(log=lambda *_: None)
-    busy = [f"127.0.0.1:{p}" for p in (*(c.frontend_port for c in t.CHAINS.values()), t.HAPROXY_ADMIN_PORT, t.STUB_PORT, t.PREFECT_PORT)
+    busy = [f"127.0.0.1:{p}" for p in (*(c.frontend_port for c in t.CHAINS.values()), t.HAPROXY_ADMIN_PORT, t.STUB_PORT, t.PREFECT_PORT,
+                                 t.EXPORTER_PORT, t.BRIDGE_PORT, t.PROMETHEUS_PORT, t.ALERTMANAGER_PORT)
             if not _port_free("127.0.0.1", p)]
     if busy:
         raise LabError(f"ports already in use: {', '.join(busy)} (another lab or service?)")

@@ -128,6 +128,8 @@ class Program:
     stopwaitsecs: int = 10
     stopsignal: str = "TERM"
     priority: int = 500
+    # Writes the program's config files before supervisord starts it.
+    prepare: Callable[[], None] | None = None
 
 
 def node_program(paths: Paths, node: t.LabNode) -> Program:
@@ -191,6 +193,7 @@ def root_programs(paths: Paths) -> list[Program]:
         )
     )
     programs += prefect_programs(paths)
+    programs += alerting_programs(paths)
     return programs
 
 
@@ -253,6 +256,62 @@ def prefect_programs(paths: Paths) -> list[Program]:
         priority=450,
     )
     return [server, worker]
+
+
+def alerting_programs(paths: Paths) -> list[Program]:
+    """The alert path: exporter -> Prometheus (shipped rules) -> Alertmanager -> bridge -> Prefect events."""
+    from deployments import templates
+    from lab.blocks import write_bridge_token
+
+    alerting = paths.root / "alerting"
+    token_file = alerting / "bridge_token"
+    prometheus_yml, alertmanager_yml = alerting / "prometheus.yml", alerting / "alertmanager.yml"
+    local = "127.0.0.1"
+
+    def prepare() -> None:
+        (alerting / "prometheus-data").mkdir(parents=True, exist_ok=True)
+        (alerting / "alertmanager-data").mkdir(parents=True, exist_ok=True)
+        write_bridge_token(paths.root, token_file)
+        prometheus_yml.write_text(templates.render_prometheus_config(
+            f"{local}:{t.EXPORTER_PORT}", f"{local}:{t.ALERTMANAGER_PORT}"))
+        alertmanager_yml.write_text(templates.render_alertmanager_config(
+            f"http://{local}:{t.BRIDGE_PORT}/alerts", token_file))
+
+    env = runbook_env(paths) | {"PYTHONUNBUFFERED": "1"}
+    return [
+        Program(
+            name="exporter",
+            argv=[sys.executable, "-m", "deployments.exporter", "--host", local, "--port", str(t.EXPORTER_PORT),
+                  "--inventory", str(paths.inventory)],
+            ready=HttpOk(f"http://{local}:{t.EXPORTER_PORT}/metrics"),
+            env=env, cwd=str(REPO_ROOT), stopwaitsecs=5, priority=500, prepare=prepare,
+        ),
+        Program(
+            name="alert-bridge",
+            argv=[sys.executable, "-m", "deployments.alert_bridge", "--host", local, "--port", str(t.BRIDGE_PORT),
+                  "--inventory", str(paths.inventory)],
+            ready=HttpOk(f"http://{local}:{t.BRIDGE_PORT}/healthz", timeout=3.0),
+            env=env | {"BRIDGE_BEARER_TOKEN_FILE": str(token_file)},
+            cwd=str(REPO_ROOT), stopwaitsecs=5, startretries=30, priority=500,
+        ),
+        Program(
+            name="prometheus",
+            argv=["/usr/bin/prometheus", f"--config.file={prometheus_yml}",
+                  f"--storage.tsdb.path={alerting / 'prometheus-data'}", "--storage.tsdb.retention.time=6h",
+                  f"--web.listen-address={local}:{t.PROMETHEUS_PORT}"],
+            ready=HttpOk(f"http://{local}:{t.PROMETHEUS_PORT}/-/ready"),
+            stopwaitsecs=10, priority=550,
+        ),
+        Program(
+            name="alertmanager",
+            # No clustering: it would listen on 0.0.0.0:9094 otherwise (REFERENCE).
+            argv=["/usr/bin/prometheus-alertmanager", f"--config.file={alertmanager_yml}",
+                  f"--storage.path={alerting / 'alertmanager-data'}", "--cluster.listen-address=",
+                  f"--web.listen-address={local}:{t.ALERTMANAGER_PORT}"],
+            ready=HttpOk(f"http://{local}:{t.ALERTMANAGER_PORT}/-/ready"),
+            stopwaitsecs=10, priority=550,
+        ),
+    ]
 
 
 def host_programs(paths: Paths, host: t.LabHost) -> list[Program]:

@@ -10,11 +10,23 @@ ALERT_FIRING = "runbooks.alert.firing"  # Alertmanager, through the bridge
 ALERT_RESOLVED = "runbooks.alert.resolved"
 
 
-def node_resource(node: str, chain: str) -> dict[str, str]:
-    """The event resource that names a node; triggers match on its id and read `runbooks.node`."""
-    return {
+# Problems node-recovery answers; anything else (disk filling, ...) is for
+# other runbooks and must not restart a node.
+RECOVERABLE_PROBLEMS = frozenset({"down", "stalled", "lagging"})
+
+
+def node_resource(node: str, chain: str, problem: str | None = None) -> dict[str, str]:
+    """The event resource that names a node; triggers match on its id and read `runbooks.node`.
+
+    With a problem, the label `runbooks.remediation` says which runbook answers
+    it, so a trigger can match exactly the events its runbook can fix.
+    """
+    resource = {
         "prefect.resource.id": f"runbooks.node.{node}",
         "prefect.resource.name": node,
         "runbooks.node": node,
         "runbooks.chain": chain,
     }
+    if problem in RECOVERABLE_PROBLEMS:
+        resource["runbooks.remediation"] = "node-recovery"
+    return resource

@@ -578,7 +578,7 @@ def test_credentials_never_reach_the_log(bridge):
 
 def test_a_frozen_node_fires_node_down_through_prometheus_and_alertmanager_into_prefect(prefect_api, tmp_path):
     """anvil -> exporter -> Prometheus (our rules) -> Alertmanager (our config) -> bridge -> Prefect."""
-    from test_exporter import Anvil, Exporter, inventory_yaml
+    from tests.test_exporter import Anvil, Exporter, inventory_yaml
 
     from deployments.templates import render_alertmanager_config, render_prometheus_config
 

@@ -7,10 +7,7 @@ over HTTP like Prometheus does.
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -22,70 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
-NPM_PREFIX = Path("/opt/rblab/npm")
-ANVIL = NPM_PREFIX / "node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil"
-ANVIL_PACKAGE = "@foundry-rs/anvil-linux-amd64@1.7.1"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def anvil_binary() -> Path:
-    if not ANVIL.exists():
-        if not shutil.which("npm"):
-            pytest.skip(f"anvil is missing ({ANVIL}) and npm is not installed to fetch it")
-        subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--prefix", str(NPM_PREFIX), ANVIL_PACKAGE],
-                       check=True, capture_output=True, timeout=600)
-    return ANVIL
-
-
-def rpc(url: str, method: str, params: list | None = None, timeout: float = 2.0):
-    r = httpx.post(url, json={"jsonrpc": "2.0", "id": 1, "method": method, "params": params or []}, timeout=timeout)
-    r.raise_for_status()
-    return r.json()["result"]
-
-
-class Anvil:
-    """One anvil node on a loopback port, with its own HOME (anvil writes history there)."""
-
-    def __init__(self, name: str, tmp: Path) -> None:
-        self.name, self.port = name, free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.home = tmp / f"home-{name}"
-        self.home.mkdir()
-        self.proc = subprocess.Popen(
-            [str(anvil_binary()), "--host", "127.0.0.1", "--port", str(self.port), "--block-time", "1",
-             "--prune-history", "--silent"],
-            env={"HOME": str(self.home), "PATH": os.environ.get("PATH", "/usr/bin:/bin")},
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                rpc(self.url, "eth_blockNumber", timeout=0.5)
-                return
-            except httpx.HTTPError as exc:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"anvil {name} did not start on port {self.port}") from exc
-                time.sleep(0.05)
-
-    def head(self) -> int:
-        return int(rpc(self.url, "eth_blockNumber"), 16)
-
-    def signal(self, sig: int) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, sig)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.signal(signal.SIGCONT)
-            self.proc.kill()
-        self.proc.wait(10)
-        shutil.rmtree(self.home, ignore_errors=True)
+from tests.anvils import Anvil, free_port, rpc  # noqa: F401 - shared helpers
 
 
 def inventory_yaml(ref: Anvil, nodes: dict[str, Anvil]) -> str:

@@ -3,7 +3,6 @@ in HAProxy, in Slack and in the audit trail."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
