@@ -118,9 +118,15 @@ def restore_fleet(timeout: float = 60) -> None:
 
 
 def _start(info: dict) -> None:
+    import xmlrpc.client
+
     from lab import supervisor
 
-    supervisor.client(Path(info["supervisor_socket"]), timeout=30).supervisor.startProcess(info["program"], True)
+    try:
+        supervisor.client(Path(info["supervisor_socket"]), timeout=30).supervisor.startProcess(info["program"], True)
+    except xmlrpc.client.Fault as fault:
+        if "ALREADY_STARTED" not in fault.faultString:  # started meanwhile (STARTING when we looked)
+            raise
 
 
 class automation_on:

@@ -233,11 +233,13 @@ def test_a_firing_alert_for_a_known_node_becomes_one_event_on_the_node(bridge, p
         "prefect.resource.name": "eth-a",
         "runbooks.node": "eth-a",
         "runbooks.chain": "lab-eth",
+        "runbooks.remediation": "node-recovery",  # a stalled node is node-recovery's to fix
     }
     assert event["payload"] == {
         "alertname": "NodeStalled",
         "severity": "critical",
         "reason": "stalled",
+        "problem": "stalled",
         "fingerprint": a["fingerprint"],
         "status": "firing",
         "startsAt": a["startsAt"],
@@ -245,6 +247,16 @@ def test_a_firing_alert_for_a_known_node_becomes_one_event_on_the_node(bridge, p
         "labels": a["labels"],
         "annotations": a["annotations"],
     }
+
+
+def test_an_alert_node_recovery_cannot_fix_does_not_name_it_as_remediation(bridge, prefect_api):
+    # A filling disk is pruning's business: its event must not match node-recovery's trigger.
+    a = alert("eth-a", alertname="DiskFilling", reason="disk")
+    r = bridge.post(webhook(a))
+    assert r.status_code == 200, r.text
+    landed = wait_for_events(prefect_api, a["fingerprint"])
+    assert landed[0]["resource"]["runbooks.node"] == "eth-a"
+    assert "runbooks.remediation" not in landed[0]["resource"]
 
 
 def test_a_resolved_alert_becomes_a_resolved_event(bridge, prefect_api):
