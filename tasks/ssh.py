@@ -267,8 +267,13 @@ class SshRunner:
 
     # -- commands -------------------------------------------------------------
 
-    def run(self, argv: list[str], timeout: float | None = None, check: bool = False) -> CommandResult:
+    def run(
+        self, argv: list[str], timeout: float | None = None, check: bool = False, audit_data: dict | None = None
+    ) -> CommandResult:
         """Run one command; returns its result, audited whatever happened.
+
+        `audit_data` is stored with the command's audit entry (e.g. which
+        runbook step it was), so guards can count from the audit trail.
 
         Raises CommandTimeout past the deadline, CommandFailed on a non-zero
         exit when check=True, SshError when the connection fails.
@@ -294,7 +299,8 @@ class SshRunner:
         try:
             channel = transport.open_session(timeout=min(self.connect_timeout, limit))
         except (paramiko.SSHException, OSError, EOFError) as exc:
-            self._record(command, None, time.monotonic() - started, out, err, error=f"open channel: {exc}")
+            self._record(command, None, time.monotonic() - started, out, err, error=f"open channel: {exc}",
+                         **(audit_data or {}))
             self.close()
             raise SshError(f"{self.label}: could not open a session for `{command}`: {exc}", self.label) from exc
         try:
@@ -332,7 +338,7 @@ class SshRunner:
                     pass
         except (paramiko.SSHException, OSError, EOFError) as exc:
             duration = time.monotonic() - started
-            self._record(command, None, duration, out, err, error=str(exc))
+            self._record(command, None, duration, out, err, error=str(exc), **(audit_data or {}))
             self.close()
             raise SshError(f"{self.label}: connection lost while running `{command}`: {exc}", self.label) from exc
         finally:
@@ -354,7 +360,7 @@ class SshRunner:
             extra["dropped_bytes"] = {"stdout": out.dropped, "stderr": err.dropped}
         if timed_out:
             extra["timeout_s"] = limit
-        self._record(command, exit_code, duration, out, err, **extra)
+        self._record(command, exit_code, duration, out, err, **(audit_data or {}), **extra)
         if timed_out:
             raise CommandTimeout(result, limit)
         if check and exit_code != 0:
