@@ -117,7 +117,13 @@ NODES: dict[str, LabNode] = {
 }
 
 # Thresholds written into the inventory for both chains.
-CHAIN_THRESHOLDS = {"max_lag_blocks": 5, "max_head_age_seconds": 8, "recovery_deadline_seconds": 60}
+CHAIN_THRESHOLDS = {
+    "max_lag_blocks": 5,
+    "max_head_age_seconds": 8,
+    "recovery_deadline_seconds": 60,
+    # The default budget (3 an hour), with back-offs short enough for tests to watch them.
+    "restart_budget": {"max_restarts": 3, "window_seconds": 3600, "backoff_seconds": [0, 5, 10]},
+}
 
 
 def all_nodes() -> dict[str, LabNode]:

@@ -30,3 +30,31 @@ def node_resource(node: str, chain: str, problem: str | None = None) -> dict[str
     if problem in RECOVERABLE_PROBLEMS:
         resource["runbooks.remediation"] = "node-recovery"
     return resource
+
+
+def _events(filter_: dict, limit: int = 50, timeout: float = 10.0) -> list[dict]:
+    """Events matching a filter, from the Prefect server (bounded by `timeout`)."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True, httpx_settings={"timeout": timeout}) as client:
+        response = client.request("POST", "/events/filter", json={"filter": filter_, "limit": limit})
+    return response.json().get("events", [])
+
+
+def read_event(event_id: str) -> dict | None:
+    """The event that started a run (events land in the server within ~1 s)."""
+    found = _events({"id": {"id": [event_id]}, "occurred": {"since": "2000-01-01T00:00:00Z"}}, limit=1)
+    return found[0] if found else None
+
+
+def alert_resolved_after(alert_event: dict) -> bool:
+    """Has the alert behind this firing event resolved since it fired?"""
+    fingerprint = (alert_event.get("payload") or {}).get("fingerprint")
+    if not fingerprint:
+        return False
+    resolved = _events({
+        "event": {"name": [ALERT_RESOLVED]},
+        "related": {"id": [f"runbooks.alert.{fingerprint}"]},
+        "occurred": {"since": alert_event["occurred"]},
+    }, limit=5)
+    return bool(resolved)

@@ -16,9 +16,10 @@ from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
-from blocks import HAProxyAdmin, SlackWorkspace, SshIdentity
+from blocks import HAProxyAdmin, PagerDutyService, SlackWorkspace, SshIdentity
 from inventory import Inventory, Node, load_inventory
-from tasks import slack
+from tasks import escalation, slack
+from tasks.pagerduty import load_pagerduty
 from tasks.audit import AuditRecord, render_markdown
 from tasks.redaction import redact, register_secret
 
@@ -76,6 +77,21 @@ class Runbook:
         workspace = SlackWorkspace.load(name)
         register_secret(workspace.token.get_secret_value())
         return workspace
+
+    @cached_property
+    def pagerduty(self) -> PagerDutyService | None:
+        return load_pagerduty(self.inventory)
+
+    def escalate(self, target: str, kind: str, summary: str, details: dict, severity: str | None = None) -> dict:
+        """Tell humans at the priority the matrix gives (tasks/escalation.py): Slack, and PagerDuty for P1/P2."""
+        return escalation.escalate(
+            self.audit, self.slack, self.pagerduty, target, escalation.priority_for(kind, severity),
+            summary, details, run_url(),
+        )
+
+    def resolve_incident(self, target: str) -> None:
+        """The problem is gone: resolve the target's open PagerDuty incident, if any."""
+        escalation.resolve_incident(self.audit, self.pagerduty, target)
 
     def haproxy(self, balancer: str) -> HAProxyAdmin:
         return HAProxyAdmin.load(self.inventory.load_balancers[balancer].admin_block)

@@ -49,30 +49,44 @@ def _target(name: str, node: Node) -> tuple:
     return (name, str(node.rpc_url), node.client.value, str(node.health_url) if node.health_url else None)
 
 
-def assess_nodes(inventory: Inventory, names: list[str]) -> dict[str, Assessment]:
-    """Probe nodes and their chains' references in one concurrent sweep; classify each node."""
-    chains = {inventory.nodes[n].chain for n in names}
+@dataclass
+class Sweep:
+    """One concurrent probe of some nodes and their chains' references."""
+
+    nodes: dict[str, Assessment]
+    references: dict[str, list[probes.NodeProbe]]  # chain -> its references' probes
+
+
+def sweep(inventory: Inventory, names: list[str]) -> Sweep:
+    """Probe nodes and their chains' references together; classify each node."""
+    chains = sorted({inventory.nodes[n].chain for n in names})
     refs = [(f"ref:{c}:{i}", str(url), "reference", None)
-            for c in sorted(chains) for i, url in enumerate(inventory.chains[c].references)]
+            for c in chains for i, url in enumerate(inventory.chains[c].references)]
     results = {p.name: p for p in probes.probe_many_sync([_target(n, inventory.nodes[n]) for n in names] + refs)}
+    references = {c: [p for k, p in results.items() if k.startswith(f"ref:{c}:")] for c in chains}
     out = {}
     for n in names:
         chain_name = inventory.nodes[n].chain
-        chain = inventory.chains[chain_name]
-        ref_head = probes.reference_head([p for k, p in results.items() if k.startswith(f"ref:{chain_name}:")])
+        ref_head = probes.reference_head(references[chain_name])
         probe = results[n]
-        verdict = probes.classify(probe, ref_head, chain)
+        verdict = probes.classify(probe, ref_head, inventory.chains[chain_name])
         out[n] = Assessment(
             node=n, status=verdict.status, reason=verdict.reason, head=probe.head,
             reference_head=ref_head, lag=verdict.lag, head_age_s=probe.head_age_s,
             client_version=probe.client_version,
         )
-    return out
+    return Sweep(out, references)
 
 
-@step(name="assess-node")
-def assess_node(rb: Runbook, node: str) -> Assessment:
-    return assess_nodes(rb.inventory, [node])[node]
+def assess_nodes(inventory: Inventory, names: list[str]) -> dict[str, Assessment]:
+    return sweep(inventory, names).nodes
+
+
+@step(name="assess-chain")
+def assess_chain(rb: Runbook, chain: str) -> Sweep:
+    """Every node of a chain and its references, in one sweep: the node's state
+    and the evidence for telling a node problem from a chain incident."""
+    return sweep(rb.inventory, sorted(rb.inventory.nodes_on_chain(chain)))
 
 
 def _rotation(rb: Runbook, node: str):
@@ -151,10 +165,14 @@ def capture_diagnostics(rb: Runbook, ssh: SshRunner, node: str) -> dict:
 
 
 @step(name="restart-service")
-def restart_service(rb: Runbook, ssh: SshRunner, node: str) -> bool:
-    """Restart through the node's service manager; True when it then reports running."""
+def restart_service(rb: Runbook, ssh: SshRunner, node: str, automatic: bool) -> bool:
+    """Restart through the node's service manager; True when it then reports running.
+
+    The restart's audit entry is tagged (step, automatic): the restart budget
+    is counted from exactly these entries.
+    """
     manager = service_manager_for(rb.inventory.node(node), rb.inventory.host_of(node))
-    result = ssh.run(manager.restart_argv())
+    result = ssh.run(manager.restart_argv(), audit_data={"step": "restart", "automatic": automatic})
     status = manager.status(ssh)
     if result.exit_code != 0 or not status.running:
         get_run_logger().error("restart of %s failed: exit %s, state %s", node, result.exit_code, status.state)
@@ -167,7 +185,7 @@ def wait_until_synced(rb: Runbook, node: str, deadline_s: float, poll_s: float =
     """Wait until the head advances and the node is healthy, or the deadline passes."""
     deadline = time.monotonic() + deadline_s
     first_head = None
-    latest = assess_node.fn(rb, node)
+    latest = assess_nodes(rb.inventory, [node])[node]
     while True:
         if latest.head is not None:
             if first_head is None:
@@ -177,7 +195,7 @@ def wait_until_synced(rb: Runbook, node: str, deadline_s: float, poll_s: float =
         if time.monotonic() >= deadline:
             return latest
         time.sleep(poll_s)
-        latest = assess_node.fn(rb, node)
+        latest = assess_nodes(rb.inventory, [node])[node]
 
 
 def as_dict(a: Assessment) -> dict:

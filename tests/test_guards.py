@@ -51,54 +51,6 @@ def stop_process(proc: subprocess.Popen, grace: float = 10.0) -> None:
 
 
 # ---------------------------------------------------------------------------
-# Prefect server for this module.
-# TO BE REPLACED by the lead's shared session fixture: everything the tests
-# need from it is `prefect_api` (the API URL, ending in /api).
-# ---------------------------------------------------------------------------
-
-def start_module_prefect_server(home: Path) -> tuple[str, subprocess.Popen]:
-    """`prefect server start` on a free loopback port with its own PREFECT_HOME; waits for /api/health."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")} | {
-        "PREFECT_HOME": str(home),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_UI_ENABLED": "false",
-        # Expired leases are reclaimed within 2 s of expiring instead of 15.
-        "PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS": "2",
-    }
-    log = open(home / "server.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=home, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    api = f"http://127.0.0.1:{port}/api"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"prefect server exited {proc.returncode}:\n{(home / 'server.log').read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{api}/health", timeout=1).status_code == 200:
-                return api, proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    stop_process(proc)
-    raise RuntimeError(f"prefect server not healthy within 90 s:\n{(home / 'server.log').read_text()[-3000:]}")
-
-
-@pytest.fixture(scope="module")
-def prefect_api(tmp_path_factory):
-    if os.environ.get("PREFECT_TEST_API_URL"):
-        yield os.environ["PREFECT_TEST_API_URL"].rstrip("/")
-        return
-    api, proc = start_module_prefect_server(tmp_path_factory.mktemp("prefect-home"))
-    try:
-        yield api
-    finally:
-        stop_process(proc)
-
-
-# ---------------------------------------------------------------------------
 # Fixtures
 # ---------------------------------------------------------------------------
 

@@ -94,18 +94,37 @@ def test_a_dry_run_renders_the_plan_and_runs_nothing_on_any_host(healthy_fleet):
 
 
 def test_the_last_healthy_server_of_a_backend_is_never_drained(healthy_fleet):
-    # Both servers of op_rpc sick at once: recovering one would empty the backend.
+    # eth-a and eth-c are healthy but out of rotation (maintenance): eth-b is
+    # the only server left serving eth_rpc, so it must not be drained or restarted.
+    for peer in ("eth-a", "eth-c"):
+        lb = fleet.node(peer)["lb"]
+        fleet.HAPROXY.drain(lb["backend"], lb["server"])
+    lab.fault("eth-b", "stall")
+    fleet.wait_status("eth-b", {"stalled"})
+    before = (fleet.pid("eth-b"), fleet.sshd_sessions())
+    state = node_recovery(node="eth-b", reason="stalled", return_state=True)
+    assert state.is_failed()
+    assert fleet.server("eth-b").admin_state == "ready"
+    assert (fleet.pid("eth-b"), fleet.sshd_sessions()) == before
+    entries = fleet.run_entries(state)
+    assert "last healthy server" in fleet.outcome(entries)["detail"]
+    assert fleet.outcome(entries)["status"] == "escalated"
+
+
+def test_a_chain_wide_problem_restarts_nothing(healthy_fleet):
+    # Both nodes of lab-op sick at once: a chain incident, not two node problems.
     for node in ("op-a", "op-b"):
         lab.fault(node, "stall")
     for node in ("op-a", "op-b"):
         fleet.wait_status(node, {"stalled"})
-    before = (fleet.pid("op-a"), fleet.sshd_sessions())
+    before = (fleet.pid("op-a"), fleet.pid("op-b"), fleet.sshd_sessions())
     state = node_recovery(node="op-a", reason="stalled", return_state=True)
-    assert state.is_failed()
+    assert state.is_completed()
+    assert (fleet.pid("op-a"), fleet.pid("op-b"), fleet.sshd_sessions()) == before
     assert fleet.server("op-a").admin_state == "ready"
-    assert (fleet.pid("op-a"), fleet.sshd_sessions()) == before
     entries = fleet.run_entries(state)
-    assert "last healthy server" in fleet.outcome(entries)["detail"]
+    assert fleet.outcome(entries)["status"] == "refused"
+    assert any(e["kind"] == "guard" and e["data"]["name"] == "chain-incident" for e in entries)
 
 
 def test_an_unknown_node_is_refused_before_anything_runs(healthy_fleet):

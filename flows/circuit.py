@@ -1,0 +1,67 @@
+"""Runbooks an operator runs from the Prefect UI to take back control of automation.
+
+close-circuit: a node's restart budget was spent, its circuit opened and
+automation stopped restarting it. Once a human has looked (and fixed what
+restarts could not), they close the circuit here; automatic restarts then
+count afresh. Refused, as a recorded no-op, when the circuit is not open.
+
+pause-remediation: stop (or resume) every alert-triggered and scheduled
+remediation at once, e.g. during a chain-wide incident or maintenance.
+On-demand runs are not affected: an operator starting one has decided.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from prefect import flow
+from pydantic import Field
+
+from tasks import guards
+from tasks.errors import RunbookError
+from tasks.runbook import Runbook
+
+NodeName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$", description="Node name from the inventory")]
+Operator = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,99}$", description="Who you are (user name or e-mail)")]
+Note = Annotated[str, Field(min_length=3, max_length=1000, description="What was checked or fixed, and why this is safe")]
+Reason = Annotated[str, Field(min_length=3, max_length=500, description="Why remediation is paused or resumed")]
+
+
+@flow(name="close-circuit", log_prints=True)
+def close_circuit(node: NodeName, operator: Operator, note: Note) -> dict:
+    """Close a node's open circuit so automation may restart it again."""
+    rb = Runbook.open(
+        "close-circuit", {"node": node, "operator": operator, "note": note}, node=node,
+        trigger={"kind": "manual", "operator": operator},
+    )
+    state = guards.circuit_state(node)
+    rb.audit.state("before", {"circuit": state})
+    if state != "open":
+        rb.audit.guard("circuit-not-open", f"{node}: the circuit is {state}; nothing to close", node=node)
+        rb.finish("noop", f"{node}: the circuit is not open; nothing was changed")
+        return {"outcome": "noop", "node": node, "circuit": state}
+    guards.close_circuit(node, operator, note, audit=rb.audit)
+    rb.audit.state("after", {"circuit": guards.circuit_state(node)})
+    rb.finish("succeeded", f"{node}: circuit closed by {operator}; automatic restarts count afresh from now")
+    return {"outcome": "closed", "node": node, "circuit": "closed"}
+
+
+@flow(name="pause-remediation", log_prints=True)
+def pause_remediation(paused: bool, reason: Reason, operator: Operator) -> dict:
+    """Pause (or resume) alert-triggered and scheduled remediation across the fleet."""
+    rb = Runbook.open(
+        "pause-remediation", {"paused": paused, "reason": reason, "operator": operator},
+        trigger={"kind": "manual", "operator": operator},
+    )
+    before = guards.pause_state()
+    rb.audit.state("before", {"paused": before.paused, "reason": before.reason, "by": before.by})
+    try:
+        after = guards.set_pause(paused, reason, operator)
+    except RunbookError as exc:
+        rb.finish("failed", f"the pause switch was not changed: {exc}")
+        raise
+    rb.audit.guard("remediation-paused" if paused else "remediation-resumed", reason, by=operator)
+    rb.audit.state("after", {"paused": after.paused, "reason": after.reason, "by": after.by})
+    verb = "paused" if paused else "resumed"
+    rb.finish("succeeded", f"automatic remediation {verb} by {operator}: {reason}")
+    return {"outcome": verb, "paused": after.paused, "reason": after.reason, "by": after.by}
