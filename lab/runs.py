@@ -14,18 +14,19 @@ from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterNam
 from prefect.client.schemas.sorting import FlowRunSort
 
 
-def set_automation(enabled: bool) -> None:
-    """Every deployment schedule and every automation on (or off)."""
-    asyncio.run(_set_automation(enabled))
+def set_automation(enabled: bool, schedules: bool | None = None) -> None:
+    """Every automation (event triggers) on or off, and every deployment
+    schedule too unless `schedules` says otherwise."""
+    asyncio.run(_set_automation(enabled, enabled if schedules is None else schedules))
 
 
-async def _set_automation(enabled: bool) -> None:
+async def _set_automation(triggers: bool, schedules: bool) -> None:
     async with get_client() as client:
         for d in await client.read_deployments():
             for s in d.schedules:
-                await client.update_deployment_schedule(d.id, s.id, active=enabled)
+                await client.update_deployment_schedule(d.id, s.id, active=schedules)
         for a in await client.read_automations():
-            await (client.resume_automation(a.id) if enabled else client.pause_automation(a.id))
+            await (client.resume_automation(a.id) if triggers else client.pause_automation(a.id))
 
 
 def flow_runs(deployment: str, since: float) -> list:

@@ -230,6 +230,9 @@ def prefect_programs(paths: Paths) -> list[Program]:
         "PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS": "2",
         # Resumed schedules get their next runs within seconds, not a minute.
         "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5",
+        # Node leases survive a server restart (in memory, a restart would
+        # leave the node's limit taken for good and block its runbooks).
+        "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": "prefect.server.concurrency.lease_storage.filesystem",
         # Events are queryable (and trigger automations) within ~0.5 s.
         "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL": "0.5",
         "PYTHONUNBUFFERED": "1",

@@ -24,12 +24,20 @@ reports is derived from audit entries written through `tasks.audit`:
     guard   name "circuit-closed"    an operator closed it (flow close-circuit)
     guard   name "chain-incident"    a chain incident was seen (data.escalated)
 
-Lease timing (measured on this machine, Prefect 3.9.1, see the tests): a free
-lease is taken in ~20-60 ms and released in ~20-40 ms; a waiting run polls
-every `poll_seconds` (0.5 s by default) instead of sleeping the server's
-Retry-After, which grows with the limit's average occupancy up to ~39 s; a
-SIGKILLed holder's lease is reclaimed after lease_seconds + at most one
-repossessor loop.
+Lease timing (measured here, Prefect 3.9.1, SQLite server on loopback): a
+free lease is taken in ~55 ms (max 160) and released in ~70 ms; a waiting run
+polls every `poll_seconds` (0.5 s) instead of sleeping the server's
+Retry-After, which follows the limit's average occupancy (up to ~39 s: a
+waiter measured 12 s late after a few 40 s holds); it gets the lease ~0.2-0.5 s
+after the holder leaves its block. A SIGKILLed holder's lease was reclaimed
+60.7-62.1 s after it was taken (60 s lease, repossessor loop 2 s).
+
+Server requirement: run the Prefect server with
+PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE=prefect.server.concurrency.lease_storage.filesystem.
+The default in-memory lease storage forgets leases on a server restart: the
+holder is then interrupted at its next renewal (410 Gone) and the node's slot
+stays taken forever (measured), so every later run on that node is LeaseBusy
+until an operator resets the limit's active slots.
 """
 
 from __future__ import annotations
@@ -80,9 +88,10 @@ def _ts(entry: dict[str, Any]) -> datetime | None:
 
 
 def _about(entry: dict[str, Any], node: str) -> bool:
-    """The entry concerns `node`: written on that node's record, or naming it in its data."""
-    data = entry.get("data") or {}
-    return entry.get("node") == node or (isinstance(data, dict) and data.get("node") == node)
+    """The entry concerns `node`: it names the node in its data, else it is on that node's record."""
+    data = entry.get("data")
+    named = data.get("node") if isinstance(data, dict) else None
+    return (named or entry.get("node")) == node
 
 
 def _scan(needle: str, kind: str, since: datetime | None = None) -> list[dict[str, Any]]:
@@ -121,8 +130,10 @@ class LeaseBusy(LeaseError):
         super().__init__(
             f"{node}: another runbook run holds this node's lease (waited {waited_s:.1f}s)"
             + (f"; {detail}" if detail else "")
-            + f". See concurrency limit {node_limit_name(node)} in the Prefect UI; "
-            "a crashed holder's lease expires on its own within a minute or two."
+            + f". See concurrency limit {node_limit_name(node)} in the Prefect UI: a crashed "
+            "holder's lease expires on its own within lease_seconds plus the server's repossessor "
+            "loop; a slot that stays taken with no run active (a Prefect server restarted with "
+            "in-memory lease storage) needs its active slots reset to 0 there."
         )
         self.node = node
         self.waited_s = waited_s
@@ -185,11 +196,9 @@ def _holder() -> Any:
     return None
 
 
-def _is_locked(exc: BaseException) -> bool:
-    """The acquisition was refused because the slot is taken (HTTP 423)."""
-    cause = exc.__cause__
-    response = getattr(cause, "response", None)
-    return getattr(response, "status_code", None) == 423
+def _status(exc: BaseException) -> int | None:
+    """The HTTP status behind a failed acquisition: 423 means the slot is taken."""
+    return getattr(getattr(exc.__cause__, "response", None), "status_code", None)
 
 
 class _QuietLockedPolls(logging.Filter):
@@ -228,9 +237,10 @@ def node_lease(
     (alert, event, schedule) use ~2 s and end as a recorded no-op on
     `LeaseBusy`; on-demand runs wait with a real deadline.
     lease_seconds: how long the lease outlives a crashed holder (>= 60 s).
-    Prefect renews it every 0.75 x lease_seconds while the block runs; if
-    renewal fails for good, Prefect interrupts the block (CancelledError)
-    rather than let two runs act on the node.
+    Prefect renews it every 0.75 x lease_seconds while the block runs; if a
+    renewal fails for good (the API unreachable for ~3 s at that moment, or
+    the lease gone), Prefect interrupts the block with its internal
+    CancelledError rather than let two runs act on the node.
 
     We poll every `poll_seconds` ourselves (one request per attempt) instead
     of letting Prefect sleep the server's Retry-After, which follows the
@@ -274,7 +284,12 @@ def node_lease(
                 )
                 break
             except ConcurrencySlotAcquisitionError as exc:
-                if not _is_locked(exc):
+                if _status(exc) == 422:
+                    raise LeaseError(
+                        f"{node}: concurrency limit {name} allows no run at all (limit 0): an operator "
+                        "has blocked mutating runbooks on this node; set it back to 1 in the Prefect UI to allow them"
+                    ) from exc
+                if _status(exc) != 423:
                     raise LeaseError(f"{node}: could not take lease {name}: {redact_text(str(exc))}") from exc
             except AcquireConcurrencySlotTimeoutError as exc:
                 raise LeaseError(f"{node}: the Prefect API did not answer within {max(remaining, API_TIMEOUT_S):g}s while taking lease {name}") from exc

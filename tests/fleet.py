@@ -130,10 +130,14 @@ def _start(info: dict) -> None:
 
 
 class automation_on:
-    """`with automation_on():` the schedule and triggers act on the fleet, as in production."""
+    """`with automation_on():` triggers (and, unless schedules=False, the
+    fleet-health schedule) act on the fleet, as in production."""
+
+    def __init__(self, schedules: bool = True):
+        self.schedules = schedules
 
     def __enter__(self):
-        set_automation(True)
+        set_automation(True, schedules=self.schedules)
         return self
 
     def __exit__(self, *exc):

@@ -170,6 +170,15 @@ def test_the_node_limit_is_created_once_even_by_concurrent_runs(node, prefect):
     assert limit["limit"] == 1 and limit["active"] is True
 
 
+def test_an_operator_can_block_a_node_by_setting_its_limit_to_zero(node, prefect):
+    guards.ensure_node_limit(node)
+    httpx.patch(f"{prefect}/v2/concurrency_limits/{guards.node_limit_name(node)}", json={"limit": 0}, timeout=5).raise_for_status()
+    with pytest.raises(guards.LeaseError, match="limit 0") as refused:
+        with node_lease(node, wait_seconds=2):
+            pytest.fail("acted on a blocked node")
+    assert not isinstance(refused.value, LeaseBusy)
+
+
 def test_bad_lease_arguments_are_refused_before_any_call():
     from tasks.errors import InvalidInput
 
