@@ -589,8 +589,9 @@ def heal(node_name: str) -> dict | None:
                 try:
                     supervisor.client(paths.supervisor_sock_of(node), timeout=30).supervisor.startProcess(node.name, True)
                 except xmlrpc.client.Fault as exc:
-                    raise LabError(f"could not start {node.name}: {exc.faultString} (log {paths.node_log(node)}: "
-                                   f"{_tail(paths.node_log(node))})") from exc
+                    if "ALREADY_STARTED" not in exc.faultString:  # else supervisord is retrying it (BACKOFF)
+                        raise LabError(f"could not start {node.name}: {exc.faultString} (log {paths.node_log(node)}: "
+                                       f"{_tail(paths.node_log(node))})") from exc
         del record["faults"][node.name]
         _write_record(paths, record)
     return entry

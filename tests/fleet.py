@@ -105,16 +105,20 @@ def restore_fleet(timeout: float = 60) -> None:
     for name, info in {**st["nodes"], **st["references"]}.items():
         if info.get("fault"):
             lab_api.heal(name)
-    st = lab_api.status()
-    for name, info in st["nodes"].items():
-        if info["state"] != "RUNNING":
-            _start(info)
+    for info in lab_api.status()["nodes"].values():
         lb = info["lb"]
         if HAPROXY.server_state(lb["backend"], lb["server"]).admin_state != "ready":
             HAPROXY.ready(lb["backend"], lb["server"])
     inv = load_inventory()
-    wait_for(lambda: all(a.healthy for a in assess_nodes(inv, sorted(inv.nodes)).values()), timeout,
-             what="every node healthy")
+
+    def all_healthy() -> bool:
+        # A node that gave up starting (FATAL) while its binary was gone is started again.
+        for info in lab_api.status()["nodes"].values():
+            if info["state"] in ("STOPPED", "EXITED", "FATAL"):
+                _start(info)
+        return all(a.healthy for a in assess_nodes(inv, sorted(inv.nodes)).values())
+
+    wait_for(all_healthy, timeout, interval=1, what="every node healthy")
 
 
 def _start(info: dict) -> None:
