@@ -18,8 +18,9 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.processes import Anvil, free_port, rpc
+
 ROOT = Path(__file__).resolve().parent.parent
-from tests.anvils import Anvil, free_port, rpc  # noqa: F401 - shared helpers
 
 
 def inventory_yaml(ref: Anvil, nodes: dict[str, Anvil]) -> str:

@@ -1,4 +1,5 @@
-"""Real anvil nodes on loopback ports for tests that need a chain but not the lab."""
+"""Processes tests start for themselves (not the lab): free loopback ports,
+real anvil nodes, and stopping what a test started, by PID."""
 
 from __future__ import annotations
 
@@ -77,3 +78,15 @@ class Anvil:
             self.proc.kill()
         self.proc.wait(10)
         shutil.rmtree(self.home, ignore_errors=True)
+
+
+def stop_process(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """Stop a process a test started in its own session (the group is ours alone)."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
