@@ -18,7 +18,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.processes import Anvil, free_port, rpc
+from tests.processes import Anvil, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
