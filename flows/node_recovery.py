@@ -22,7 +22,6 @@ from tasks.errors import RunbookError
 from tasks.escalation import Kind
 from tasks.runbook import Runbook, run_url
 from tasks.steps import (
-    DisruptionBudgetExceeded,
     as_dict,
     assess_chain,
     capture_diagnostics,
@@ -147,7 +146,7 @@ def recover(rb: Runbook, node: str, reason: str, dry_run: bool, automatic: bool,
 
     try:
         check_disruption_budget(rb, node)
-    except DisruptionBudgetExceeded as exc:
+    except guards.DisruptionBudgetExceeded as exc:
         fail(rb, node, before, Kind.BACKEND_DOWN, str(exc), drained=False)
 
     drained = drain_from_rotation(rb, node)

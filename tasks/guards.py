@@ -1,6 +1,6 @@
 """Safety guards shared by every mutating runbook (recovery now; upgrades and pruning later).
 
-Four guards, each answering one question before a runbook touches a node:
+Five guards, each answering one question before a runbook touches a node:
 
 - **Per-node lease** (`node_lease`): is another mutating run already working on
   this node? A Prefect global concurrency limit `runbooks-node-<node>` with
@@ -13,6 +13,8 @@ Four guards, each answering one question before a runbook touches a node:
   second tally.
 - **Fleet short-circuit** (`chain_incident`): is the chain, not the node, the
   problem? Then restarting nodes would not help.
+- **Disruption budget** (`disruption_budget`): would taking the node out of
+  rotation leave its load-balancer backend without a healthy server?
 - **Global pause switch** (`pause_state`): has an operator paused automatic
   remediation? A Prefect Variable, editable in the UI.
 
@@ -47,7 +49,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
@@ -480,13 +482,6 @@ def chain_target(chain_name: str) -> str:
     return f"chain:{chain_name}"
 
 
-def probe_references(inventory: "Inventory", chain_name: str, timeout: probes.Timeouts | float = probes.DEFAULT_TIMEOUTS) -> list[probes.NodeProbe]:
-    """Probe every reference of the chain once, through the one probe path."""
-    chain = inventory.chains[chain_name]
-    targets = [(f"ref:{chain_name}:{i}", str(url), "reference", None) for i, url in enumerate(chain.references)]
-    return probes.probe_many_sync(targets, timeout=timeout)
-
-
 def chain_incident(
     inventory: "Inventory",
     chain_name: str,
@@ -501,9 +496,9 @@ def chain_incident(
     same sweep, counting at least two (a single sick node is a node problem,
     even on a chain of one or two nodes).
 
-    `assessments` must cover every node of the chain (assess them in one
-    sweep: `assess_nodes(inventory, list(inventory.nodes_on_chain(chain)))`),
-    otherwise the share would be judged on partial evidence.
+    `assessments` and `reference_probes` come from one sweep of the whole
+    chain (`tasks.steps.sweep`), otherwise the share would be judged on
+    partial evidence.
     """
     if chain_name not in inventory.chains:
         raise InvalidInput(f"unknown chain {chain_name!r} (known: {', '.join(sorted(inventory.chains))})")
@@ -554,6 +549,38 @@ def should_escalate_chain_incident(chain_name: str, window_seconds: float = 3600
             if (t := _ts(e)) is not None and t <= now:
                 return False
     return True
+
+
+# =============================================================================
+# Disruption budget
+# =============================================================================
+
+
+class DisruptionBudgetExceeded(RunbookError):
+    """Taking this server out would leave its backend without a healthy server."""
+
+
+def disruption_budget(
+    inventory: "Inventory", node: str, states: list, healthy: "Callable[[list[str]], dict[str, bool]]"
+) -> list[str]:
+    """The node's peers that would keep its backend serving; raises if there are none.
+
+    HAProxy's health check only sees that a node answers (a stalled chain stays
+    UP), so a peer counts only if HAProxy has it in rotation (UP, ready,
+    weighted) *and* our probe (`healthy`: node names -> healthy?) says so.
+    `states` are the backend's `tasks.haproxy.ServerState`s.
+    """
+    lb = inventory.node(node).lb
+    by_server = {s.server: s for s in states}
+    peers = {n: p for n, p in inventory.nodes_in_backend(lb.balancer, lb.backend).items() if n != node}
+    in_rotation = [n for n, p in peers.items() if (s := by_server.get(p.lb.server)) and s.in_rotation]
+    serving = [n for n, ok in healthy(in_rotation).items() if ok] if in_rotation else []
+    if not serving:
+        raise DisruptionBudgetExceeded(
+            f"{node} is the last healthy server of backend {lb.backend} on {lb.balancer}: "
+            f"taking it out would leave no healthy server in rotation (in rotation: {in_rotation or 'none'})"
+        )
+    return serving
 
 
 # =============================================================================

@@ -15,18 +15,13 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from inventory import Inventory, Node
-from tasks import haproxy, hostinfo, probes
-from tasks.errors import RunbookError
+from tasks import guards, haproxy, hostinfo, probes
 from tasks.runbook import Runbook
 from tasks.services import service_manager_for
 from tasks.ssh import SshRunner
 
 # Steps take live objects (the Runbook, an SSH session): never cache them.
 step = partial(task, cache_policy=NO_CACHE)
-
-
-class DisruptionBudgetExceeded(RunbookError):
-    """Taking this server out would leave its backend without a healthy server."""
 
 
 @dataclass
@@ -99,25 +94,12 @@ def _rotation(rb: Runbook, node: str):
 
 @step(name="check-disruption-budget")
 def check_disruption_budget(rb: Runbook, node: str) -> list[str]:
-    """Healthy, in-rotation peers of the node in its backend; raises if none.
-
-    HAProxy's health check only sees that a node answers (a stalled chain stays
-    UP), so a peer counts only if HAProxy has it UP and ready *and* our probe
-    says it is healthy.
-    """
+    """The node's healthy, in-rotation peers; raises DisruptionBudgetExceeded if none."""
     lb, runtime = _rotation(rb, node)
     if lb is None:
         return []
-    states = {s.server: s for s in runtime.server_states(lb.backend)}
-    peers = {n: p for n, p in rb.inventory.nodes_in_backend(lb.balancer, lb.backend).items() if n != node}
-    in_rotation = [n for n, p in peers.items() if (s := states.get(p.lb.server)) and s.in_rotation]
-    healthy = [n for n, a in assess_nodes(rb.inventory, in_rotation).items() if a.healthy] if in_rotation else []
-    if not healthy:
-        raise DisruptionBudgetExceeded(
-            f"{node} is the last healthy server of backend {lb.backend} on {lb.balancer}: "
-            f"taking it out would leave no healthy server in rotation (in rotation: {in_rotation or 'none'})"
-        )
-    return healthy
+    return guards.disruption_budget(rb.inventory, node, runtime.server_states(lb.backend),
+                                    lambda names: {n: a.healthy for n, a in assess_nodes(rb.inventory, names).items()})
 
 
 @step(name="drain-from-rotation", retries=2, retry_delay_seconds=1)

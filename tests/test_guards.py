@@ -23,16 +23,14 @@ import httpx
 import pytest
 
 from inventory import Inventory, RestartBudget
-from tasks import guards
+from tasks import guards, steps
 from tasks.audit import AuditRecord, read_entries
 from tasks.guards import LeaseBusy, chain_incident, node_lease, restart_decision
-from tasks.steps import assess_nodes
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 from tests.processes import free_port, stop_process  # noqa: E402
-
 
 # ---------------------------------------------------------------------------
 # Fixtures
@@ -467,7 +465,9 @@ def fleet(refs: list[str], nodes: dict[str, str]) -> Inventory:
 
 
 def sweep(inv: Inventory) -> tuple[dict, list]:
-    return assess_nodes(inv, list(inv.nodes_on_chain("lab-eth"))), guards.probe_references(inv, "lab-eth")
+    """The chain's nodes and references in one sweep, as node-recovery sees them."""
+    result = steps.sweep(inv, sorted(inv.nodes_on_chain("lab-eth")))
+    return result.nodes, result.references["lab-eth"]
 
 
 def closed_port_url() -> str:
@@ -530,3 +530,50 @@ def test_a_chain_incident_is_escalated_once_per_window(audit_dir):
     assert guards.should_escalate_chain_incident("other-chain")
     later = datetime.now(timezone.utc) + timedelta(seconds=3601)
     assert guards.should_escalate_chain_incident("lab-eth", now=later)
+
+
+# ---------------------------------------------------------------------------
+# Disruption budget
+# ---------------------------------------------------------------------------
+
+def backend_fleet() -> Inventory:
+    return Inventory.model_validate({
+        "chains": {"lab-eth": {"family": "ethereum", "references": ["http://127.0.0.1:1"]}},
+        "hosts": {"h1": {"address": "127.0.0.1", "ssh_user": "ops", "ssh_identity_block": "lab-ssh"}},
+        "load_balancers": {"lb": {"admin_block": "lab-haproxy"}},
+        "nodes": {n: {"chain": "lab-eth", "client": "anvil", "host": "h1", "rpc_url": "http://127.0.0.1:1",
+                      "service": {"manager": "supervisor", "name": n}, "datadir": f"/var/tmp/{n}",
+                      "lb": {"balancer": "lb", "backend": "rpc", "server": n}}
+                  for n in ("a", "b", "c")},
+    })
+
+
+def server(name: str, op_state: str = "UP", admin_state: str = "ready", weight: int = 1):
+    from tasks.haproxy import ServerState
+
+    return ServerState("rpc", name, "127.0.0.1:1", op_state, admin_state, weight, "L7OK")
+
+
+@pytest.mark.parametrize("states, healthy, serving", [
+    # A healthy peer in rotation keeps the backend serving.
+    ([server("a"), server("b"), server("c")], {"b": True, "c": False}, ["b"]),
+    # Peers HAProxy has UP but our probe says are sick (a stalled chain still answers) do not count.
+    ([server("a"), server("b"), server("c")], {"b": False, "c": False}, None),
+    # Healthy peers out of rotation (drained, in maintenance, weight 0, DOWN) do not count.
+    ([server("a"), server("b", admin_state="drain"), server("c", admin_state="maint")], {"b": True, "c": True}, None),
+    ([server("a"), server("b", weight=0), server("c", op_state="DOWN")], {"b": True, "c": True}, None),
+])
+def test_the_last_healthy_server_of_a_backend_is_never_taken_out(states, healthy, serving):
+    inv = backend_fleet()
+    asked = []
+
+    def probe(names):
+        asked.append(sorted(names))
+        return {n: healthy[n] for n in names}
+
+    if serving is None:
+        with pytest.raises(guards.DisruptionBudgetExceeded, match="last healthy server of backend rpc"):
+            guards.disruption_budget(inv, "a", states, probe)
+    else:
+        assert guards.disruption_budget(inv, "a", states, probe) == serving
+    assert all("a" not in names for names in asked)  # the node itself never counts as its own peer
