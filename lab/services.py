@@ -251,7 +251,8 @@ def prefect_programs(paths: Paths) -> list[Program]:
         argv=[sys.executable, "-m", "prefect", "worker", "start", "--pool", t.WORK_POOL, "--type", "process",
               "--name", "lab-worker"],
         ready=Custom("the worker is ONLINE in its pool", _worker_online),
-        # Poll every second: event -> run start in ~3 s instead of ~8 s (REFERENCE).
+        # Poll every second rather than every 10: the worker picks up a new run
+        # within ~0.5 s (starting its Python process then takes 2-7 s; see bench/).
         env=prefect_env | runbook_env(paths) | {"PREFECT_WORKER_QUERY_SECONDS": "1"},
         cwd=str(REPO_ROOT),
         stopwaitsecs=15,
