@@ -39,9 +39,8 @@ def main(argv: list[str] | None = None) -> int:
 
     fault_at = time.time()
     control.fault(args.node, args.fault)
-    print(f"\nbroke {args.node}: {args.fault} at {time.strftime('%H:%M:%S')}; "
-          "waiting for the scheduled fleet-health run to find it and its trigger to start node-recovery "
-          "(fleet-health runs every minute)")
+    print(f"\nbroke {args.node}: {args.fault} at {time.strftime('%H:%M:%S')}; waiting for Prometheus to alert "
+          "(or the every-minute fleet-health run to notice) and the trigger to start node-recovery")
     run, seen = None, None
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:
@@ -59,6 +58,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no finished node-recovery run for {args.node} within {args.timeout:.0f}s; see the UI", file=sys.stderr)
         return 1
 
+    from tasks.audit import read_entries
+
+    started = [e for e in read_entries(run_id=str(run.id)) if e["kind"] == "started"]
+    trigger = started[0]["data"]["trigger"] if started else {}
+    print(f"  started by: {trigger.get('event', trigger.get('kind', '?'))}"
+          + (f" (alert {trigger['alert']['alertname']}, fingerprint {trigger['alert']['fingerprint']})"
+             if trigger.get("alert") else ""))
     ui = topology.PREFECT_API_URL.removesuffix("/api")
     print(f"""
 {args.node}: {run.state.name} {time.time() - fault_at:.0f}s after the fault, no human action.
