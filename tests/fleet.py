@@ -146,3 +146,29 @@ class automation_on:
 
     def __exit__(self, *exc):
         set_automation(False)
+
+
+class alerts_silenced:
+    """`with alerts_silenced(node):` an Alertmanager silence for the node, as an
+    operator would set, so only fleet-health's schedule can notice it."""
+
+    URL = "http://127.0.0.1:19093/api/v2/silences"
+
+    def __init__(self, node: str, minutes: int = 15):
+        self.node, self.minutes = node, minutes
+
+    def __enter__(self):
+        from datetime import datetime, timedelta, timezone
+
+        now = datetime.now(timezone.utc)
+        r = httpx.post(self.URL, timeout=5, json={
+            "matchers": [{"name": "node", "value": self.node, "isRegex": False, "isEqual": True}],
+            "startsAt": now.isoformat(), "endsAt": (now + timedelta(minutes=self.minutes)).isoformat(),
+            "createdBy": "tests", "comment": "end-to-end test of the schedule path",
+        })
+        r.raise_for_status()
+        self.silence_id = r.json()["silenceID"]
+        return self
+
+    def __exit__(self, *exc):
+        httpx.delete(f"{self.URL.removesuffix('s')}/{self.silence_id}", timeout=5).raise_for_status()
