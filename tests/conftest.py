@@ -73,3 +73,11 @@ def healthy_fleet(runbooks):
     lab_api.clear_stub_records()
     yield runbooks
     fleet.restore_fleet()
+
+
+@pytest.fixture
+def audit_dir(tmp_path, monkeypatch):
+    """An audit trail of the test's own: what guards count from starts empty."""
+    d = tmp_path / "audit"
+    monkeypatch.setenv("RUNBOOKS_AUDIT_DIR", str(d))
+    return d

@@ -36,51 +36,21 @@ from tests.processes import free_port, stop_process  # noqa: E402
 # Fixtures
 # ---------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def prefect(prefect_api):
-    """This process, every thread it starts (Prefect's own included) and its
-    subprocesses talk to the test server."""
-    from prefect.context import refresh_global_settings_context
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-
-    old = os.environ.get("PREFECT_API_URL")
-    os.environ["PREFECT_API_URL"] = prefect_api
-    # New threads do not inherit context variables: they read Prefect's global
-    # settings, built from the environment when prefect was imported.
-    refresh_global_settings_context()
-    try:
-        with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-            yield prefect_api
-    finally:
-        if old is None:
-            os.environ.pop("PREFECT_API_URL", None)
-        else:
-            os.environ["PREFECT_API_URL"] = old
-        refresh_global_settings_context()
-
-
 @pytest.fixture
-def audit_dir(tmp_path, monkeypatch):
-    d = tmp_path / "audit"
-    monkeypatch.setenv("RUNBOOKS_AUDIT_DIR", str(d))
-    return d
-
-
-@pytest.fixture
-def node(prefect):
+def node(prefect_api):
     """A node name no other test (or a shared server's other users) uses; its limit is removed after."""
     name = f"gt-{uuid.uuid4().hex[:10]}"
     yield name
-    httpx.delete(f"{prefect}/v2/concurrency_limits/{guards.node_limit_name(name)}", timeout=5)
+    httpx.delete(f"{prefect_api}/v2/concurrency_limits/{guards.node_limit_name(name)}", timeout=5)
 
 
 @pytest.fixture
-def pause_variable(prefect, monkeypatch):
+def pause_variable(prefect_api, monkeypatch):
     """The pause switch under a name of its own, so a shared server's real switch is never touched."""
     name = f"runbooks_paused_test_{uuid.uuid4().hex[:8]}"
     monkeypatch.setattr(guards, "PAUSE_VARIABLE", name)
     yield name
-    httpx.delete(f"{prefect}/variables/name/{name}", timeout=5)
+    httpx.delete(f"{prefect_api}/variables/name/{name}", timeout=5)
 
 
 # ---------------------------------------------------------------------------
@@ -126,16 +96,16 @@ def test_an_on_demand_run_waits_and_gets_the_lease_right_after_release(node):
     print(f"\nwaited {held.waited_s:.2f}s; acquired {latency:.3f}s after the holder left its block")
 
 
-def test_leases_are_per_node(node, prefect):
+def test_leases_are_per_node(node, prefect_api):
     other = f"{node}-b"
     try:
         with node_lease(node, wait_seconds=2), node_lease(other, wait_seconds=2):
             pass
     finally:
-        httpx.delete(f"{prefect}/v2/concurrency_limits/{guards.node_limit_name(other)}", timeout=5)
+        httpx.delete(f"{prefect_api}/v2/concurrency_limits/{guards.node_limit_name(other)}", timeout=5)
 
 
-def test_the_node_limit_is_created_once_even_by_concurrent_runs(node, prefect):
+def test_the_node_limit_is_created_once_even_by_concurrent_runs(node, prefect_api):
     errors: list[BaseException] = []
 
     def ensure():
@@ -148,13 +118,13 @@ def test_the_node_limit_is_created_once_even_by_concurrent_runs(node, prefect):
     [t.start() for t in threads]
     [t.join(30) for t in threads]
     assert not errors
-    limit = httpx.get(f"{prefect}/v2/concurrency_limits/{guards.node_limit_name(node)}", timeout=5).json()
+    limit = httpx.get(f"{prefect_api}/v2/concurrency_limits/{guards.node_limit_name(node)}", timeout=5).json()
     assert limit["limit"] == 1 and limit["active"] is True
 
 
-def test_an_operator_can_block_a_node_by_setting_its_limit_to_zero(node, prefect):
+def test_an_operator_can_block_a_node_by_setting_its_limit_to_zero(node, prefect_api):
     guards.ensure_node_limit(node)
-    httpx.patch(f"{prefect}/v2/concurrency_limits/{guards.node_limit_name(node)}", json={"limit": 0}, timeout=5).raise_for_status()
+    httpx.patch(f"{prefect_api}/v2/concurrency_limits/{guards.node_limit_name(node)}", json={"limit": 0}, timeout=5).raise_for_status()
     with pytest.raises(guards.LeaseError, match="limit 0") as refused:
         with node_lease(node, wait_seconds=2):
             pytest.fail("acted on a blocked node")
@@ -184,10 +154,10 @@ CRASHING_RUN = textwrap.dedent(
 )
 
 
-def test_the_lease_of_a_killed_run_expires_and_is_reclaimed(node, prefect):
+def test_the_lease_of_a_killed_run_expires_and_is_reclaimed(node, prefect_api):
     """SIGKILL the holder: nothing releases its lease; the server expires it
     (60 s after its last renewal) and the repossessor frees the slot."""
-    env = os.environ | {"PREFECT_API_URL": prefect, "PYTHONPATH": str(ROOT)}
+    env = os.environ | {"PREFECT_API_URL": prefect_api, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
         [sys.executable, "-c", CRASHING_RUN, node], cwd=ROOT, env=env,
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True,
@@ -342,7 +312,7 @@ def inventory_file(tmp_path, monkeypatch):
     return p
 
 
-def test_an_operator_closes_an_open_circuit_from_the_ui(prefect, audit_dir, inventory_file):
+def test_an_operator_closes_an_open_circuit_from_the_ui(prefect_api, audit_dir, inventory_file):
     from flows.circuit import close_circuit
 
     noop = close_circuit("eth-a", "alice", "nothing to close yet")
@@ -362,7 +332,7 @@ def test_an_operator_closes_an_open_circuit_from_the_ui(prefect, audit_dir, inve
     assert any(e["data"].get("name") == "circuit-closed" for e in run_entries if e["kind"] == "guard")
 
 
-def test_closing_a_circuit_of_an_unknown_node_is_refused_before_anything(prefect, audit_dir, inventory_file):
+def test_closing_a_circuit_of_an_unknown_node_is_refused_before_anything(prefect_api, audit_dir, inventory_file):
     from flows.circuit import close_circuit
     from inventory import InventoryError
 
@@ -371,18 +341,18 @@ def test_closing_a_circuit_of_an_unknown_node_is_refused_before_anything(prefect
     assert not [e for e in read_entries() if e["kind"] == "guard"]
 
 
-def test_the_pause_switch_round_trip(prefect, pause_variable):
+def test_the_pause_switch_round_trip(prefect_api, pause_variable):
     assert guards.pause_state() == guards.PauseState(False, "", "")
     on = guards.set_pause(True, "chain halt on lab-eth", "alice")
     assert on.paused
     assert guards.pause_state() == guards.PauseState(True, "chain halt on lab-eth", "alice")
-    value = httpx.get(f"{prefect}/variables/name/{pause_variable}", timeout=5).json()["value"]
+    value = httpx.get(f"{prefect_api}/variables/name/{pause_variable}", timeout=5).json()["value"]
     assert value["paused"] is True and value["by"] == "alice"
     guards.set_pause(False, "chain moving again", "bob")
     assert guards.pause_state() == guards.PauseState(False, "chain moving again", "bob")
 
 
-def test_the_pause_flow_sets_the_switch_and_audits_it(prefect, pause_variable, audit_dir, inventory_file):
+def test_the_pause_flow_sets_the_switch_and_audits_it(prefect_api, pause_variable, audit_dir, inventory_file):
     from flows.circuit import pause_remediation
 
     result = pause_remediation(True, "maintenance window", "alice")
@@ -403,8 +373,8 @@ def test_an_unreadable_pause_switch_counts_as_paused(monkeypatch):
     assert time.monotonic() - started < 5
 
 
-def test_a_garbage_pause_value_counts_as_paused(prefect, pause_variable):
-    httpx.post(f"{prefect}/variables/", json={"name": pause_variable, "value": "maybe"}, timeout=5).raise_for_status()
+def test_a_garbage_pause_value_counts_as_paused(prefect_api, pause_variable):
+    httpx.post(f"{prefect_api}/variables/", json={"name": pause_variable, "value": "maybe"}, timeout=5).raise_for_status()
     state = guards.pause_state()
     assert state.paused and "unreadable value" in state.reason
 

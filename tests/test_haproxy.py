@@ -71,7 +71,7 @@ class Lab:
 
 
 @pytest.fixture(scope="module")
-def lab():
+def own_haproxy():  # the test's own HAProxy, not the shared lab's
     d = Path(tempfile.mkdtemp(prefix="rb-haproxy-"))
     servers = {n: http_server(n) for n in ("node-a", "node-b", "arch-1")}
     port = {n: s.server_address[1] for n, s in servers.items()}
@@ -135,19 +135,19 @@ backend be_archive
 
 
 @pytest.fixture
-def rt(lab):
-    client = HAProxyRuntime(lab.admin_tcp, timeout=2)
+def rt(own_haproxy):
+    client = HAProxyRuntime(own_haproxy.admin_tcp, timeout=2)
     yield client
-    # Every test leaves the lab as it found it.
+    # Every test leaves this HAProxy as it found it.
     for backend, server, weight in [("be_rpc", "node-a", 1), ("be_rpc", "node-b", 2), ("be_archive", "arch-1", 1)]:
         client.ready(backend, server)
         client.set_weight(backend, server, weight)
 
 
-def hits(lab: Lab, n: int = 12) -> Counter:
+def hits(own_haproxy: Lab, n: int = 12) -> Counter:
     out = Counter()
     for _ in range(n):
-        with urllib.request.urlopen(f"http://127.0.0.1:{lab.frontend}/", timeout=2) as r:
+        with urllib.request.urlopen(f"http://127.0.0.1:{own_haproxy.frontend}/", timeout=2) as r:
             out[r.read().decode()] += 1
     return out
 
@@ -156,7 +156,7 @@ def by_name(states):
     return {(s.backend, s.server): s for s in states}
 
 
-def test_server_states_read_checks_admin_state_and_weight(lab, rt):
+def test_server_states_read_checks_admin_state_and_weight(own_haproxy, rt):
     states = by_name(rt.server_states())
     a, b = states["be_rpc", "node-a"], states["be_rpc", "node-b"]
     assert (a.op_state, a.admin_state, a.weight, a.check_status) == ("UP", "ready", 1, "L7OK")
@@ -169,7 +169,7 @@ def test_server_states_read_checks_admin_state_and_weight(lab, rt):
     assert {s.server for s in rt.server_states("be_archive")} == {"arch-1", "arch-2", "arch-3"}
 
 
-def test_our_reading_agrees_with_show_stat(lab, rt):
+def test_our_reading_agrees_with_show_stat(own_haproxy, rt):
     """The numeric check status and admin bits mean what HAProxy's own CSV says."""
     rt.drain("be_rpc", "node-a")
     rt.maint("be_archive", "arch-1")
@@ -186,25 +186,25 @@ def test_our_reading_agrees_with_show_stat(lab, rt):
         assert int(row["weight"]) == s.weight
 
 
-def test_a_drained_server_gets_no_new_requests_and_comes_back_when_ready(lab, rt):
-    assert set(hits(lab)) == {"node-a", "node-b"}
+def test_a_drained_server_gets_no_new_requests_and_comes_back_when_ready(own_haproxy, rt):
+    assert set(hits(own_haproxy)) == {"node-a", "node-b"}
     rt.drain("be_rpc", "node-a")
     a = rt.server_state("be_rpc", "node-a")
     assert (a.op_state, a.admin_state, a.in_rotation) == ("UP", "drain", False)
-    assert set(hits(lab)) == {"node-b"}
+    assert set(hits(own_haproxy)) == {"node-b"}
     rt.ready("be_rpc", "node-a")
     assert rt.server_state("be_rpc", "node-a").in_rotation
-    assert set(hits(lab, 60)) == {"node-a", "node-b"}
+    assert set(hits(own_haproxy, 60)) == {"node-a", "node-b"}
 
 
-def test_maintenance_and_weights(lab, rt):
+def test_maintenance_and_weights(own_haproxy, rt):
     rt.maint("be_rpc", "node-b")
     assert rt.server_state("be_rpc", "node-b").admin_state == "maint"
-    assert set(hits(lab)) == {"node-a"}
+    assert set(hits(own_haproxy)) == {"node-a"}
     rt.ready("be_rpc", "node-b")
     rt.set_weight("be_rpc", "node-a", 0)
     assert rt.server_state("be_rpc", "node-a").weight == 0
-    assert set(hits(lab)) == {"node-b"}
+    assert set(hits(own_haproxy)) == {"node-b"}
     rt.set_weight("be_rpc", "node-a", 256)
     assert rt.server_state("be_rpc", "node-a").weight == 256
     for bad in (-1, 257, 1.5, True, "10"):
@@ -219,7 +219,7 @@ def test_maintenance_and_weights(lab, rt):
     ("be rpc", "node-a"),
     ("be_rpc", ""),
 ])
-def test_names_that_would_inject_commands_are_refused_before_sending(lab, rt, backend, server):
+def test_names_that_would_inject_commands_are_refused_before_sending(own_haproxy, rt, backend, server):
     with pytest.raises(InvalidInput):
         rt.drain(backend, server)
     assert rt.server_state("be_rpc", "node-b").admin_state == "ready"
@@ -227,7 +227,7 @@ def test_names_that_would_inject_commands_are_refused_before_sending(lab, rt, ba
         rt.command("show info; show stat")
 
 
-def test_haproxy_refusals_become_errors(lab, rt):
+def test_haproxy_refusals_become_errors(own_haproxy, rt):
     with pytest.raises(HAProxyError, match="No such server"):
         rt.drain("be_rpc", "node-z")
     with pytest.raises(HAProxyError, match="No such backend"):
@@ -236,27 +236,27 @@ def test_haproxy_refusals_become_errors(lab, rt):
         rt.server_states("be_nope")
     with pytest.raises(HAProxyError, match="no server node-z"):
         rt.server_state("be_rpc", "node-z")
-    user = HAProxyRuntime(lab.user_unix, timeout=2)
+    user = HAProxyRuntime(own_haproxy.user_unix, timeout=2)
     assert user.server_states("be_rpc")  # reading is allowed at level user...
     with pytest.raises(HAProxyError, match="Permission denied"):
         user.drain("be_rpc", "node-a")  # ...changing is not
 
 
-def test_unix_socket_and_block_helpers(lab, rt):
+def test_unix_socket_and_block_helpers(own_haproxy, rt):
     from blocks import HAProxyAdmin
 
-    block = HAProxyAdmin(address=lab.admin_unix, timeout_seconds=2)
+    block = HAProxyAdmin(address=own_haproxy.admin_unix, timeout_seconds=2)
     haproxy.drain(block, "be_archive", "arch-1")
     assert haproxy.server_state(block, "be_archive", "arch-1").admin_state == "drain"
     haproxy.ready(block, "be_archive", "arch-1")
     assert {s.server for s in haproxy.server_states(block, "be_rpc")} == {"node-a", "node-b"}
-    haproxy.set_weight(lab.admin_tcp, "be_archive", "arch-1", 7)
+    haproxy.set_weight(own_haproxy.admin_tcp, "be_archive", "arch-1", 7)
     assert haproxy.server_state(rt, "be_archive", "arch-1").weight == 7
 
 
-def test_changes_are_audited_when_asked(lab, tmp_path):
+def test_changes_are_audited_when_asked(own_haproxy, tmp_path):
     audit = AuditRecord("haproxy-audit", "test", directory=tmp_path)
-    rt = HAProxyRuntime(lab.admin_tcp, timeout=2, audit=audit)
+    rt = HAProxyRuntime(own_haproxy.admin_tcp, timeout=2, audit=audit)
     rt.drain("be_rpc", "node-a")
     rt.ready("be_rpc", "node-a")
     with pytest.raises(HAProxyError):

@@ -96,13 +96,6 @@ def stub():
 
 
 @pytest.fixture
-def audit_dir(tmp_path, monkeypatch):
-    d = tmp_path / "audit"
-    monkeypatch.setenv("RUNBOOKS_AUDIT_DIR", str(d))
-    return d
-
-
-@pytest.fixture
 def pd(stub) -> PagerDutyService:
     return PagerDutyService(routing_key=ROUTING_KEY, events_url=f"{stub.url}/v2/enqueue", timeout_seconds=2)
 
