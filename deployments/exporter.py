@@ -76,11 +76,6 @@ class Sweep:
     duration_s: float | None = None
 
 
-def _node_target(name: str, inventory: Inventory) -> tuple:
-    node = inventory.nodes[name]
-    return (name, str(node.rpc_url), node.client.value, str(node.health_url) if node.health_url else None)
-
-
 def _head_timestamp(probe: probes.NodeProbe) -> float | None:
     """When the head was made: the block's own timestamp, or (for protocols that
     only report an age) the age at probe time turned back into a time."""
@@ -95,12 +90,11 @@ def sweep_fleet(inventory: Inventory, timeout: probes.Timeouts) -> Sweep:
     """Probe every node and reference concurrently; bounded by `timeout.deadline`."""
     started = time.monotonic()
     names = sorted(inventory.nodes)
-    refs = [(f"ref:{chain}:{i}", str(url), "reference", None)
-            for chain, spec in sorted(inventory.chains.items()) for i, url in enumerate(spec.references)]
-    results = {p.name: p for p in probes.probe_many_sync([_node_target(n, inventory) for n in names] + refs,
-                                                         timeout=timeout)}
+    targets = [probes.node_target(n, inventory.nodes[n]) for n in names]
+    targets += [t for chain, spec in sorted(inventory.chains.items()) for t in probes.reference_targets(chain, spec)]
+    results = {p.name: p for p in probes.probe_many_sync(targets, timeout=timeout)}
     reference_heads = {
-        chain: probes.reference_head([p for k, p in results.items() if k.startswith(f"ref:{chain}:")])
+        chain: probes.reference_head(probes.references_of(results.values(), chain))
         for chain in inventory.chains
     }
     samples = []

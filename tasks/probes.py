@@ -35,7 +35,7 @@ from typing import Any, Literal, NamedTuple
 import httpx
 from pydantic import BaseModel, ConfigDict
 
-from inventory import Chain, Client
+from inventory import Chain, ChainFamily, Client, Node
 
 try:  # the product's one exception hierarchy: refused input is InvalidInput (a RunbookError)
     from tasks.errors import InvalidInput as _InputError
@@ -338,6 +338,24 @@ def _checked_target(target: ProbeTarget | tuple) -> ProbeTarget:
 
 
 GENERIC_EVM = "reference"
+# References speak their chain's protocol: Ethereum JSON-RPC unless said here.
+_REFERENCE_CLIENT = {ChainFamily.solana: Client.solana.value}
+
+
+def node_target(name: str, node: Node) -> ProbeTarget:
+    """How an inventory node is probed."""
+    return ProbeTarget(name, str(node.rpc_url), node.client.value, str(node.health_url) if node.health_url else None)
+
+
+def reference_targets(chain_name: str, chain: Chain) -> list[ProbeTarget]:
+    """How a chain's references are probed; their names mark them as the chain's."""
+    client = _REFERENCE_CLIENT.get(chain.family, GENERIC_EVM)
+    return [ProbeTarget(f"ref:{chain_name}:{i}", str(url), client) for i, url in enumerate(chain.references)]
+
+
+def references_of(results: Iterable[NodeProbe], chain_name: str) -> list[NodeProbe]:
+    """The probes of one chain's references among a sweep's results."""
+    return [p for p in results if p.name.startswith(f"ref:{chain_name}:")]
 
 
 def _client_name(client: Client | str | None, name: str) -> str:

@@ -14,7 +14,7 @@ from functools import partial
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from inventory import Inventory, Node
+from inventory import Inventory
 from tasks import guards, haproxy, hostinfo, probes
 from tasks.runbook import Runbook
 from tasks.services import service_manager_for
@@ -40,10 +40,6 @@ class Assessment:
         return self.status == "healthy"
 
 
-def _target(name: str, node: Node) -> tuple:
-    return (name, str(node.rpc_url), node.client.value, str(node.health_url) if node.health_url else None)
-
-
 @dataclass
 class Sweep:
     """One concurrent probe of some nodes and their chains' references."""
@@ -55,10 +51,10 @@ class Sweep:
 def sweep(inventory: Inventory, names: list[str]) -> Sweep:
     """Probe nodes and their chains' references together; classify each node."""
     chains = sorted({inventory.nodes[n].chain for n in names})
-    refs = [(f"ref:{c}:{i}", str(url), "reference", None)
-            for c in chains for i, url in enumerate(inventory.chains[c].references)]
-    results = {p.name: p for p in probes.probe_many_sync([_target(n, inventory.nodes[n]) for n in names] + refs)}
-    references = {c: [p for k, p in results.items() if k.startswith(f"ref:{c}:")] for c in chains}
+    targets = [probes.node_target(n, inventory.nodes[n]) for n in names]
+    targets += [t for c in chains for t in probes.reference_targets(c, inventory.chains[c])]
+    results = {p.name: p for p in probes.probe_many_sync(targets)}
+    references = {c: probes.references_of(results.values(), c) for c in chains}
     out = {}
     for n in names:
         chain_name = inventory.nodes[n].chain

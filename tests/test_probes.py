@@ -738,3 +738,15 @@ def test_probe_many_is_awaitable(anvils):
     node = anvils()
     (p,) = asyncio.run(probe_many([("eth-a", node.url, "anvil", None)], timeout=2.0))
     assert p.ok
+
+
+def test_references_are_probed_in_their_chains_protocol():
+    from tasks.probes import GENERIC_EVM, reference_targets, references_of
+
+    eth = chain(references=["http://127.0.0.1:1", "http://127.0.0.1:2"])
+    sol = Chain(family=ChainFamily.solana, references=["http://127.0.0.1:3"])
+    assert [(t.name, t.client) for t in reference_targets("eth", eth)] == [("ref:eth:0", GENERIC_EVM), ("ref:eth:1", GENERIC_EVM)]
+    assert [(t.name, t.client) for t in reference_targets("sol", sol)] == [("ref:sol:0", "solana")]
+    # A chain's references are told apart from another chain's whose name starts the same.
+    results = [probe(name="ref:eth:0"), probe(name="ref:eth-l2:0"), probe(name="eth-a")]
+    assert [p.name for p in references_of(results, "eth")] == ["ref:eth:0"]
