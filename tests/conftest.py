@@ -81,3 +81,20 @@ def audit_dir(tmp_path, monkeypatch):
     d = tmp_path / "audit"
     monkeypatch.setenv("RUNBOOKS_AUDIT_DIR", str(d))
     return d
+
+
+@pytest.fixture
+def anvils(tmp_path):
+    """`anvils(*args, block_time=None)` starts a real anvil node on a loopback
+    port (not the lab's); every one started is stopped by PID afterwards."""
+    from tests.processes import Anvil
+
+    started: list[Anvil] = []
+
+    def start(*args: str, block_time: int | None = None) -> Anvil:
+        started.append(Anvil(f"anvil-{len(started)}", tmp_path, *args, block_time=block_time))
+        return started[-1]
+
+    yield start
+    for node in started:
+        node.stop()

@@ -43,14 +43,14 @@ def rpc(url: str, method: str, params: list | None = None, timeout: float = 2.0)
 class Anvil:
     """One anvil node on a loopback port, with its own HOME (anvil writes history there)."""
 
-    def __init__(self, name: str, tmp: Path) -> None:
+    def __init__(self, name: str, tmp: Path, *args: str, block_time: int | None = 1) -> None:
         self.name, self.port = name, free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.home = tmp / f"home-{name}"
         self.home.mkdir()
         self.proc = subprocess.Popen(
-            [str(anvil_binary()), "--host", "127.0.0.1", "--port", str(self.port), "--block-time", "1",
-             "--prune-history", "--silent"],
+            [str(anvil_binary()), "--host", "127.0.0.1", "--port", str(self.port), "--prune-history", "--silent",
+             *(["--block-time", str(block_time)] if block_time else []), *args],
             env={"HOME": str(self.home), "PATH": os.environ.get("PATH", "/usr/bin:/bin")},
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
@@ -64,6 +64,10 @@ class Anvil:
                     self.stop()
                     raise RuntimeError(f"anvil {name} did not start on port {self.port}") from exc
                 time.sleep(0.05)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
 
     def head(self) -> int:
         return int(rpc(self.url, "eth_blockNumber"), 16)

@@ -383,44 +383,10 @@ def test_a_garbage_pause_value_counts_as_paused(prefect_api, pause_variable):
 # Fleet short-circuit, with real anvil nodes as references
 # ---------------------------------------------------------------------------
 
-ANVIL = Path(os.environ.get("ANVIL_BIN", "/opt/rblab/npm/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil"))
-
-
 @pytest.fixture
-def anvils(tmp_path):
-    """Start anvils on free ports, each with its own HOME; stop them by PID afterwards."""
-    if not ANVIL.exists():
-        pytest.skip(f"anvil not installed at {ANVIL}")
-    started: list[subprocess.Popen] = []
-
-    def start(*args: str) -> str:
-        port = free_port()
-        home = tmp_path / f"anvil-{port}"
-        home.mkdir()
-        proc = subprocess.Popen(
-            [str(ANVIL), "--host", "127.0.0.1", "--port", str(port), "--prune-history", "--silent", *args],
-            env={"HOME": str(home), "PATH": os.environ.get("PATH", "")},
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        started.append(proc)
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                httpx.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "eth_blockNumber", "params": []}, timeout=1)
-                return url
-            except httpx.HTTPError:
-                time.sleep(0.05)
-        raise RuntimeError("anvil did not start")
-
-    yield start
-    for proc in started:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+def anvil_url(anvils):
+    """`anvil_url(*args)`: start a real anvil node, return its RPC URL."""
+    return lambda *args: anvils(*args).url
 
 
 def fleet(refs: list[str], nodes: dict[str, str]) -> Inventory:
@@ -444,49 +410,49 @@ def closed_port_url() -> str:
     return f"http://127.0.0.1:{free_port()}"
 
 
-def test_a_single_sick_node_is_a_node_problem(anvils):
-    ref, a, b = anvils(), anvils(), anvils()
+def test_a_single_sick_node_is_a_node_problem(anvil_url):
+    ref, a, b = anvil_url(), anvil_url(), anvil_url()
     inv = fleet([ref], {"eth-a": a, "eth-b": b, "eth-c": closed_port_url()})
     assessments, refs = sweep(inv)
     assert [n for n, x in assessments.items() if not x.healthy] == ["eth-c"]
     assert chain_incident(inv, "lab-eth", assessments, refs) is None
 
 
-def test_a_single_sick_node_on_a_one_node_chain_is_still_a_node_problem(anvils):
-    inv = fleet([anvils()], {"eth-a": closed_port_url()})
+def test_a_single_sick_node_on_a_one_node_chain_is_still_a_node_problem(anvil_url):
+    inv = fleet([anvil_url()], {"eth-a": closed_port_url()})
     assert chain_incident(inv, "lab-eth", *sweep(inv)) is None
 
 
-def test_most_of_the_chain_sick_at_once_is_a_chain_incident(anvils):
-    ref, a = anvils(), anvils()
+def test_most_of_the_chain_sick_at_once_is_a_chain_incident(anvil_url):
+    ref, a = anvil_url(), anvil_url()
     inv = fleet([ref], {"eth-a": a, "eth-b": closed_port_url(), "eth-c": closed_port_url()})
     reason = chain_incident(inv, "lab-eth", *sweep(inv))
     assert reason and "2 of 3 nodes unhealthy" in reason and "eth-b" in reason
 
 
-def test_stalled_references_are_a_chain_incident(anvils):
+def test_stalled_references_are_a_chain_incident(anvil_url):
     hour_ago = str(int(time.time()) - 3600)
-    stale = [anvils("--timestamp", hour_ago), anvils("--timestamp", hour_ago)]
-    inv = fleet(stale, {"eth-a": anvils(), "eth-b": anvils()})
+    stale = [anvil_url("--timestamp", hour_ago), anvil_url("--timestamp", hour_ago)]
+    inv = fleet(stale, {"eth-a": anvil_url(), "eth-b": anvil_url()})
     reason = chain_incident(inv, "lab-eth", *sweep(inv))
     assert reason and "every reference head is stale" in reason
 
 
-def test_one_fresh_reference_is_enough(anvils):
-    inv = fleet([anvils("--timestamp", str(int(time.time()) - 3600)), anvils()], {"eth-a": anvils()})
+def test_one_fresh_reference_is_enough(anvil_url):
+    inv = fleet([anvil_url("--timestamp", str(int(time.time()) - 3600)), anvil_url()], {"eth-a": anvil_url()})
     assert chain_incident(inv, "lab-eth", *sweep(inv)) is None
 
 
-def test_no_reference_answering_is_a_chain_incident(anvils):
-    inv = fleet([closed_port_url(), closed_port_url()], {"eth-a": anvils()})
+def test_no_reference_answering_is_a_chain_incident(anvil_url):
+    inv = fleet([closed_port_url(), closed_port_url()], {"eth-a": anvil_url()})
     reason = chain_incident(inv, "lab-eth", *sweep(inv))
     assert reason and "no reference answered" in reason
 
 
-def test_partial_assessments_are_refused(anvils):
+def test_partial_assessments_are_refused(anvil_url):
     from tasks.errors import InvalidInput
 
-    inv = fleet([anvils()], {"eth-a": anvils(), "eth-b": closed_port_url()})
+    inv = fleet([anvil_url()], {"eth-a": anvil_url(), "eth-b": closed_port_url()})
     assessments, refs = sweep(inv)
     with pytest.raises(InvalidInput, match="eth-b"):
         chain_incident(inv, "lab-eth", {"eth-a": assessments["eth-a"]}, refs)

@@ -15,17 +15,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -55,9 +51,9 @@ from tasks.probes import (  # noqa: E402
     probe_many_sync,
     reference_head,
 )
+from tests.processes import rpc
 
 FIXTURES = Path(__file__).parent / "fixtures" / "health"
-ANVIL = Path(os.environ.get("ANVIL_BIN", "/opt/rblab/npm/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil"))
 
 
 def sample(name: str) -> tuple[int, bytes]:
@@ -576,71 +572,6 @@ def test_health_url_is_ignored_for_clients_without_one(stub):
 # ---------------------------------------------------------------------------
 # Real anvil nodes
 # ---------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def rpc(url: str, method: str, params: list | None = None):
-    r = httpx.post(url, json={"jsonrpc": "2.0", "id": 1, "method": method, "params": params or []}, timeout=5)
-    r.raise_for_status()
-    return r.json().get("result")
-
-
-class Anvil:
-    def __init__(self, proc: subprocess.Popen, url: str, home: Path):
-        self.proc, self.url, self.home = proc, url, home
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def head(self) -> int:
-        return int(rpc(self.url, "eth_blockNumber"), 16)
-
-
-@pytest.fixture
-def anvils(tmp_path):
-    """Start anvils on free ports, each with its own HOME; stop them by PID afterwards."""
-    if not ANVIL.exists():
-        pytest.skip(f"anvil not installed at {ANVIL}: npm install --prefix /opt/rblab/npm @foundry-rs/anvil-linux-amd64@1.7.1")
-    started: list[Anvil] = []
-
-    def start(*args: str) -> Anvil:
-        for _attempt in range(3):
-            port = free_port()
-            home = tmp_path / f"anvil-{port}"
-            home.mkdir()
-            proc = subprocess.Popen(
-                [str(ANVIL), "--host", "127.0.0.1", "--port", str(port), "--prune-history", "--silent", *args],
-                env={"HOME": str(home), "PATH": os.environ.get("PATH", "")},
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )
-            node = Anvil(proc, f"http://127.0.0.1:{port}", home)
-            started.append(node)
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and proc.poll() is None:
-                try:
-                    node.head()
-                    return node
-                except httpx.HTTPError:
-                    time.sleep(0.05)
-        raise RuntimeError("anvil did not start")
-
-    yield start
-    for node in started:
-        if node.proc.poll() is None:
-            os.kill(node.pid, signal.SIGCONT)
-            os.kill(node.pid, signal.SIGTERM)
-            try:
-                node.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                os.kill(node.pid, signal.SIGKILL)
-                node.proc.wait(timeout=5)
-        shutil.rmtree(node.home, ignore_errors=True)
-
 
 def judge(nodes: list[tuple[str, str]], refs: list[str], c: Chain, **kwargs):
     targets = [ProbeTarget(n, url, Client.anvil) for n, url in nodes]
