@@ -13,20 +13,28 @@ content_type, body (parsed JSON or form; for uploads only size and sha256),
 status (what the stub answered) and time.
 
 Run: python -m lab.stubs --host 127.0.0.1 --port 18080 --records FILE
+Tests that need failures start their own in-process with `Stubs.start(records)`
+and set its fault knobs (slack_errors, pagerduty_failures, delay_seconds,
+slack_token).
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import hmac
 import itertools
 import json
+import logging
+import sys
 import threading
 import time
 import urllib.parse
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 REDACTED = "<redacted>"
 PAGERDUTY_ACTIONS = ("trigger", "acknowledge", "resolve")
@@ -67,10 +75,10 @@ def _slack_ts() -> str:
 class Handler(BaseHTTPRequestHandler):
     server_version = "rblab-stubs/1"
     protocol_version = "HTTP/1.1"
-    recorder: Recorder  # set on the class by serve()
+    server: "Stubs"
 
-    def log_message(self, fmt, *args):  # quieter than the default, still in the supervisord log
-        print(f"{self.address_string()} {fmt % args}", flush=True)
+    def log_message(self, fmt, *args):  # to the supervisord log in the lab; captured by pytest in tests
+        log.info("%s %s", self.address_string(), fmt % args)
 
     # ------------------------------------------------------------ plumbing
     def _read_body(self) -> bytes:
@@ -104,7 +112,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _record(self, service: str, body, status: int) -> None:
         parsed = urllib.parse.urlsplit(self.path)
-        self.recorder.add(
+        self.server.recorder.add(
             {
                 "service": service,
                 "method": self.command,
@@ -126,14 +134,14 @@ class Handler(BaseHTTPRequestHandler):
             return self._send(200, {"ok": True})
         if path.path == "/_records":
             service = dict(urllib.parse.parse_qsl(path.query)).get("service")
-            return self._send(200, self.recorder.all(service))
+            return self._send(200, self.server.recorder.all(service))
         if path.path.startswith("/api/"):  # Slack accepts GET for many methods
             return self._slack(path.path[len("/api/"):], dict(urllib.parse.parse_qsl(path.query)))
         self._send(404, {"error": "not found", "path": path.path})
 
     def do_DELETE(self):
         if urllib.parse.urlsplit(self.path).path == "/_records":
-            self.recorder.clear()
+            self.server.recorder.clear()
             return self._send(200, {"ok": True})
         self._send(404, {"error": "not found"})
 
@@ -159,12 +167,19 @@ class Handler(BaseHTTPRequestHandler):
     # ------------------------------------------------------------ Slack
     def _slack(self, method: str, body) -> None:
         form = body if isinstance(body, dict) else {}
-        if "Authorization" not in self.headers and not form.get("token"):
-            answer, status = {"ok": False, "error": "not_authed"}, 200
+        token = form.get("token") or (self.headers.get("Authorization") or "").removeprefix("Bearer ")
+        expected = self.server.slack_token
+        if not token:
+            answer = {"ok": False, "error": "not_authed"}
+        elif expected is not None and not hmac.compare_digest(token.encode(), expected.encode()):
+            answer = {"ok": False, "error": "invalid_auth"}
+        elif self.server.slack_errors:
+            answer = {"ok": False, "error": self.server.slack_errors.pop(0)}
         else:
-            answer, status = self._slack_answer(method, form), 200
-        self._record("slack", body, status)
-        self._send(status, answer)
+            answer = self._slack_answer(method, form)
+        self._record("slack", body, 200)  # Slack answers errors with 200 and ok: false
+        time.sleep(self.server.delay_seconds)
+        self._send(200, answer)
 
     def _slack_answer(self, method: str, form: dict) -> dict:
         host = self.headers.get("Host") or f"{self.server.server_address[0]}:{self.server.server_address[1]}"
@@ -205,6 +220,12 @@ class Handler(BaseHTTPRequestHandler):
                 errors.append(f"'payload.severity' must be one of {', '.join(PAGERDUTY_SEVERITIES)}")
         elif action in ("acknowledge", "resolve") and not body_d.get("dedup_key"):
             errors.append("'dedup_key' is required to acknowledge or resolve")
+        if self.server.pagerduty_failures:
+            # A real error may echo what it got; an injected one echoes the routing key.
+            status = self.server.pagerduty_failures.pop(0)
+            self._record("pagerduty", body, status)
+            return self._send(status, {"status": "error", "message": f"bad key {body_d.get('routing_key')}",
+                                       "errors": [f"routing_key {body_d.get('routing_key')} rejected"]})
         if errors:
             self._record("pagerduty", body, 400)
             return self._send(400, {"status": "invalid event", "message": "Event object is invalid", "errors": errors})
@@ -213,10 +234,47 @@ class Handler(BaseHTTPRequestHandler):
         self._send(202, {"status": "success", "message": "Event processed", "dedup_key": dedup})
 
 
+class Stubs(ThreadingHTTPServer):
+    """Both stand-ins on one port: run by supervisord in the lab (`serve`),
+    in-process by unit tests (`start`), which also set the fault knobs."""
+
+    daemon_threads = True
+
+    def __init__(self, host: str, port: int, records: Path):
+        self.recorder = Recorder(records)
+        self.slack_token: str | None = None  # when set, any other token gets invalid_auth
+        self.slack_errors: list[str] = []  # Slack error codes to answer (ok: false), in order
+        self.pagerduty_failures: list[int] = []  # HTTP statuses to answer before accepting again
+        self.delay_seconds = 0.0  # before every Slack answer
+        super().__init__((host, port), Handler)
+
+    @classmethod
+    def start(cls, records: Path) -> "Stubs":
+        """On a free loopback port, serving from a daemon thread; `stop()` ends it."""
+        server = cls("127.0.0.1", 0, records)
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        return server
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def records(self, service: str | None = None) -> list[dict]:
+        return self.recorder.all(service)
+
+    def handle_error(self, request, client_address):
+        if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            return  # the client gave up waiting (timeout tests): its business, not an error here
+        super().handle_error(request, client_address)
+
+
 def serve(host: str, port: int, records: Path) -> None:
-    Handler.recorder = Recorder(records)
-    server = ThreadingHTTPServer((host, port), Handler)
-    server.daemon_threads = True
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    server = Stubs(host, port, records)
     print(f"stubs listening on http://{host}:{port}, recording to {records}", flush=True)
     server.serve_forever()
 

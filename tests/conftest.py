@@ -98,3 +98,17 @@ def anvils(tmp_path):
     yield start
     for node in started:
         node.stop()
+
+
+@pytest.fixture
+def stubs(tmp_path):
+    """The lab's Slack and PagerDuty stand-ins (lab/stubs.py), in-process on a
+    free loopback port and recording to a file of the test's own; tests set
+    its fault knobs (slack_errors, pagerduty_failures, delay_seconds)."""
+    from lab.stubs import Stubs
+    from tasks.redaction import clear_secrets
+
+    server = Stubs.start(tmp_path / "stub-records.jsonl")
+    yield server
+    server.stop()
+    clear_secrets()  # the blocks under test registered their tokens as secrets

@@ -113,10 +113,14 @@ def restore_fleet(timeout: float = 60) -> None:
 
     def all_healthy() -> bool:
         # A node that gave up starting (FATAL) while its binary was gone is started again.
-        for info in lab_api.status()["nodes"].values():
+        nodes = lab_api.status()["nodes"].values()
+        for info in nodes:
             if info["state"] in ("STOPPED", "EXITED", "FATAL"):
                 _start(info)
-        return all(a.healthy for a in assess_nodes(inv, sorted(inv.nodes)).values())
+        # RUNNING too, not only answering: supervisord says STARTING for its
+        # startsecs after a restart, and a fault can only be injected once RUNNING.
+        return (all(info["state"] == "RUNNING" for info in nodes)
+                and all(a.healthy for a in assess_nodes(inv, sorted(inv.nodes)).values()))
 
     wait_for(all_healthy, timeout, interval=1, what="every node healthy")
 

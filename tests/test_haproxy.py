@@ -27,6 +27,7 @@ from tasks import haproxy
 from tasks.audit import AuditRecord
 from tasks.errors import HAProxyError, InvalidInput
 from tasks.haproxy import HAProxyRuntime
+from tests.processes import stop_process
 
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 pytestmark = pytest.mark.skipif(not Path(HAPROXY).exists(), reason="needs haproxy")
@@ -105,7 +106,7 @@ backend be_archive
     server arch-3 127.0.0.1:{dead} disabled
 """)
     proc = subprocess.Popen([HAPROXY, "-db", "-f", str(d / "haproxy.cfg")],
-                            stdout=open(d / "haproxy.log", "wb"), stderr=subprocess.STDOUT)
+                            stdout=open(d / "haproxy.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True)
     try:
         rt = HAProxyRuntime(f"tcp://127.0.0.1:{stats}", timeout=2)
         deadline = time.monotonic() + 10
@@ -122,12 +123,7 @@ backend be_archive
             time.sleep(0.05)
         yield Lab(d, f"tcp://127.0.0.1:{stats}", f"unix://{d}/admin.sock", f"unix://{d}/user.sock", frontend)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        stop_process(proc, grace=5)
         for s in servers.values():
             s.shutdown()
             s.server_close()

@@ -22,6 +22,7 @@ from tasks.errors import CommandFailed, InvalidInput, ServiceError
 from tasks.hostinfo import disk_usage, disk_usage_argv, parse_df
 from tasks.services import Docker, ServiceStatus, Supervisor, Systemd, service_manager_for
 from tasks.ssh import CommandResult
+from tests.processes import stop_process
 
 
 class LocalRunner:
@@ -218,7 +219,8 @@ startsecs=0
 stopwaitsecs=2
 stdout_logfile={d}/talker.log
 """)
-    proc = subprocess.Popen(["supervisord", "-n", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(["supervisord", "-n", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
     try:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -230,12 +232,7 @@ stdout_logfile={d}/talker.log
             pytest.fail(f"supervisord did not start: {(d / 'supervisord.log').read_text()}")
         yield str(conf)
     finally:
-        proc.terminate()  # supervisord stops its programs on SIGTERM
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        stop_process(proc)  # supervisord stops its programs on SIGTERM
         shutil.rmtree(d, ignore_errors=True)
 
 

@@ -27,6 +27,7 @@ from tasks.audit import AuditRecord, read_entries
 from tasks.errors import CommandFailed, CommandTimeout, HostKeyChanged, HostKeyUnknown, SshError
 from tasks.redaction import clear_secrets
 from tasks.ssh import SshRunner
+from tests.processes import stop_process
 
 USER = "rbtest"
 SSHD = "/usr/sbin/sshd"
@@ -104,7 +105,8 @@ def sshd():
             f"AllowUsers {USER}\nLogLevel INFO\nMaxStartups 50\n"
         )
         log = open(d / "sshd.log", "ab")
-        proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(d / "sshd_config")], stdout=log, stderr=log)
+        proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(d / "sshd_config")], stdout=log, stderr=log,
+                                start_new_session=True)
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and proc.poll() is None:
             try:
@@ -116,12 +118,7 @@ def sshd():
             break
     assert proc is not None and proc.poll() is None, (d / "sshd.log").read_text()
     yield Sshd(d, port, proc.pid, " ".join(host_pub.split()[:2]), client_key, rsa_key)
-    proc.terminate()
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=5)
+    stop_process(proc, grace=5)
     shutil.rmtree(d, ignore_errors=True)
 
 
