@@ -533,6 +533,11 @@ def fault(node_name: str, kind: str) -> dict:
         raise LabError(f"unknown fault {kind!r} (one of {', '.join(FAULT_KINDS)})")
     if kind == "partition" and node.is_reference:
         raise LabError(f"{node.name} is a reference in the root namespace: partition applies to a host's nodes")
+    if kind != "partition":
+        # Just restarted, supervisord says STARTING for its startsecs: moments from RUNNING.
+        end = time.monotonic() + 10
+        while _process_info(paths, node)["statename"] == "STARTING" and time.monotonic() < end:
+            time.sleep(0.1)
     with _locked(paths):
         record = _read_record(paths)
         faults = record.setdefault("faults", {})
