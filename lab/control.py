@@ -22,7 +22,8 @@ import yaml
 from . import haproxy, netns, render, services, supervisor
 from . import topology as t
 from .install import install
-from .services import Program, jsonrpc
+from .labnode import rpc
+from .services import Program
 from .topology import Paths
 
 UP_DEADLINE_SECONDS = 120.0  # the Prefect server takes ~20 s to start on 2 busy cores
@@ -445,7 +446,7 @@ def _lab_node(name: str) -> t.LabNode:
 
 def _head(url: str) -> int | None:
     try:
-        return int(jsonrpc(url, "eth_blockNumber", timeout=0.5), 16)
+        return int(rpc(url, "eth_blockNumber", timeout=0.5), 16)
     except Exception:  # noqa: BLE001 - any failure means "no head right now"
         return None
 

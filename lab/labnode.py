@@ -48,7 +48,7 @@ def rpc(url: str, method: str, params: list | None = None, timeout: float = 1.0)
     with urllib.request.urlopen(req, timeout=timeout) as resp:
         answer = json.loads(resp.read())
     if "error" in answer:
-        raise RuntimeError(f"{method}: {answer['error']}")
+        raise RuntimeError(f"{method} at {url}: {answer['error']}")
     return answer["result"]
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 from . import haproxy
+from .labnode import rpc  # labnode.py runs stand-alone (stdlib only), so the one copy lives there
 from . import topology as t
 from .topology import Paths
 
@@ -69,17 +70,6 @@ class HttpOk:
         return f"GET {self.url}"
 
 
-def jsonrpc(url: str, method: str, params: list | None = None, timeout: float = 1.0):
-    """One JSON-RPC call with a hard timeout; raises on transport or RPC error."""
-    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params or []}).encode()
-    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
-        answer = json.loads(resp.read())
-    if "error" in answer:
-        raise RuntimeError(f"{method} at {url}: {answer['error']}")
-    return answer["result"]
-
-
 @dataclass(frozen=True)
 class JsonRpcHead:
     url: str
@@ -87,7 +77,7 @@ class JsonRpcHead:
 
     def check(self) -> str | None:
         try:
-            int(jsonrpc(self.url, "eth_blockNumber", timeout=self.timeout), 16)
+            int(rpc(self.url, "eth_blockNumber", timeout=self.timeout), 16)
             return None
         except Exception as exc:  # noqa: BLE001 - any failure means "not ready", reported as text
             return f"eth_blockNumber {self.url}: {exc}"
