@@ -32,8 +32,8 @@ from tasks.steps import (
     return_to_rotation,
     wait_until_synced,
 )
+from tasks.vocabulary import NodeName
 
-NodeName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$", description="Node name from the inventory")]
 # A duplicate automatic run should end quickly; an operator's run waits for the other one.
 AUTOMATIC_LEASE_WAIT_S = 2.0
 

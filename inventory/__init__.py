@@ -23,8 +23,12 @@ from pydantic import (
     model_validator,
 )
 
+from tasks.vocabulary import NODE_NAME_RE
+
 # Names: what an operator would type, nothing a shell or HAProxy would interpret.
-Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")]
+# Every name (node, host, chain, block...) follows the node-name rule, so a
+# node name accepted by a flow's form is exactly one the inventory can hold.
+Name = Annotated[str, Field(pattern=NODE_NAME_RE.pattern)]
 # Absolute paths without whitespace or shell metacharacters.
 SafePath = Annotated[str, Field(pattern=r"^/[A-Za-z0-9._/+-]*$", max_length=4096)]
 

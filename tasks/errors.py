@@ -8,10 +8,21 @@ where, and what the operator can do about it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:  # pragma: no cover - typing only
-    from tasks.ssh import CommandResult
+
+class _CommandResult(Protocol):
+    """What the SSH errors read of a `tasks.vocabulary.CommandResult`.
+
+    A protocol rather than an import: this module is the ground every other
+    one stands on, so it imports nothing from `tasks/`.
+    """
+
+    host: str
+    command: str
+    exit_code: int | None
+    stdout: str
+    stderr: str
 
 
 class RunbookError(Exception):
@@ -64,7 +75,7 @@ class HostKeyChanged(SshError):
 class CommandTimeout(SshError):
     """A remote command ran past its deadline; it was signalled and abandoned."""
 
-    def __init__(self, result: "CommandResult", timeout: float) -> None:
+    def __init__(self, result: _CommandResult, timeout: float) -> None:
         super().__init__(
             f"{result.host}: `{result.command}` did not finish within {timeout:g}s "
             "(the command was sent SIGTERM and its channel closed; check the host "
@@ -78,7 +89,7 @@ class CommandTimeout(SshError):
 class CommandFailed(SshError):
     """A remote command exited non-zero and the caller asked for check=True."""
 
-    def __init__(self, result: "CommandResult") -> None:
+    def __init__(self, result: _CommandResult) -> None:
         tail = (result.stderr or result.stdout).strip()[-500:]
         super().__init__(
             f"{result.host}: `{result.command}` exited {result.exit_code}"

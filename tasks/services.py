@@ -26,7 +26,7 @@ from tasks.errors import InvalidInput, ServiceError
 
 if TYPE_CHECKING:  # pragma: no cover
     from inventory import Host, Node
-    from tasks.ssh import CommandResult
+    from tasks.vocabulary import CommandResult
 
 # Same alphabet as inventory names; a leading '-' would read as an option.
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9@._:-]{0,254}$")

@@ -26,7 +26,6 @@ import select
 import shlex
 import socket
 import time
-from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -36,33 +35,12 @@ from paramiko.hostkeys import HostKeyEntry, InvalidHostKey
 
 from tasks.errors import CommandFailed, CommandTimeout, HostKeyChanged, HostKeyUnknown, SshError
 from tasks.redaction import register_secret
+from tasks.vocabulary import CommandResult  # re-exported: callers import it from here too
 
 if TYPE_CHECKING:  # pragma: no cover - typing only; keeps this module free of Prefect at import
     from blocks import SshIdentity
     from inventory import Host
     from tasks.audit import AuditRecord
-
-
-@dataclass(frozen=True)
-class CommandResult:
-    """What one remote command did.
-
-    exit_code is None when the command ran past its deadline, -1 when it
-    ended without an exit status (killed by a signal).
-    """
-
-    host: str
-    argv: list[str]
-    command: str
-    exit_code: int | None
-    stdout: str
-    stderr: str
-    duration_s: float
-    truncated: bool = False
-
-    @property
-    def ok(self) -> bool:
-        return self.exit_code == 0
 
 
 def load_private_key(text: str) -> paramiko.PKey:
