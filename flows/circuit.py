@@ -20,9 +20,8 @@ from pydantic import Field
 from tasks import guards
 from tasks.errors import RunbookError
 from tasks.runbook import Runbook
-from tasks.vocabulary import NodeName
+from tasks.vocabulary import NodeName, Operator
 
-Operator = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,99}$", description="Who you are (user name or e-mail)")]
 Note = Annotated[str, Field(min_length=3, max_length=1000, description="What was checked or fixed, and why this is safe")]
 Reason = Annotated[str, Field(min_length=3, max_length=500, description="Why remediation is paused or resumed")]
 

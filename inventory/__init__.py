@@ -28,7 +28,7 @@ from tasks.vocabulary import NODE_NAME_RE
 # Names: what an operator would type, nothing a shell or HAProxy would interpret.
 # Every name (node, host, chain, block...) follows the node-name rule, so a
 # node name accepted by a flow's form is exactly one the inventory can hold.
-Name = Annotated[str, Field(pattern=NODE_NAME_RE.pattern)]
+Name = Annotated[str, Field(pattern=NODE_NAME_RE)]
 # Absolute paths without whitespace or shell metacharacters.
 SafePath = Annotated[str, Field(pattern=r"^/[A-Za-z0-9._/+-]*$", max_length=4096)]
 

@@ -4,9 +4,9 @@ This is the ground layer: it imports nothing from `tasks/` but the errors,
 so every other module (systems, guards, the frame, flows, the inventory)
 can stand on it without making a cycle.
 
-The enums are `str`-valued: an entry written with `EntryKind.ACTION` is the
+The enums are `str`-valued: an entry written with `EntryKind.action` is the
 same JSON string `"action"` as before, and comparing a read entry's
-`"outcome"` with `Outcome.SUCCEEDED` works either way round.
+`"outcome"` with `Outcome.succeeded` works either way round.
 """
 
 from __future__ import annotations
@@ -23,15 +23,20 @@ from tasks.errors import InvalidInput
 # One rule for every name in the inventory (nodes, hosts, chains, blocks...):
 # safe in a shell word, a Prefect resource id, a concurrency-limit name and a
 # file name, and short enough to be a DNS label.
-NODE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+# Patterns are strings (not compiled) because pydantic's Field(pattern=...)
+# and the Prefect UI's JSON schema take them as they are.
+NODE_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+# Who an operator is, for approvals and circuit closing: a user name or an e-mail.
+OPERATOR_RE = r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,99}$"
 
-NodeName = Annotated[str, Field(pattern=NODE_NAME_RE.pattern, description="Node name from the inventory")]
+NodeName = Annotated[str, Field(pattern=NODE_NAME_RE, description="Node name from the inventory")]
+Operator = Annotated[str, Field(pattern=OPERATOR_RE, description="Who you are (user name or e-mail)")]
 
 
 def check_node_name(value: object) -> str:
     """`value` if it is a node name, else InvalidInput (before anything is sent anywhere)."""
     # fullmatch: `$` alone would let a trailing newline through.
-    if not isinstance(value, str) or not NODE_NAME_RE.fullmatch(value):
+    if not isinstance(value, str) or not re.fullmatch(NODE_NAME_RE, value):
         raise InvalidInput(f"{value!r} is not a node name (letters, digits, . _ -; at most 63 characters)")
     return value
 
@@ -39,15 +44,15 @@ def check_node_name(value: object) -> str:
 class EntryKind(str, Enum):
     """What one audit entry records."""
 
-    STARTED = "started"  # what triggered the run, with which parameters
-    PLAN = "plan"  # what it intends to do
-    ACTION = "action"  # one mutating thing it did somewhere
-    WOULD = "would"  # what a dry run would have done instead of an action
-    STATE = "state"  # a labelled snapshot (before, after, ...)
-    NOTE = "note"  # anything else worth keeping (notifications, decisions)
-    GUARD = "guard"  # a safety guard decided something
-    APPROVAL = "approval"  # someone approved (or refused) what the run asked for
-    OUTCOME = "outcome"  # how the run attempt ended; exactly one per attempt
+    started = "started"  # what triggered the run, with which parameters
+    plan = "plan"  # what it intends to do
+    action = "action"  # one mutating thing it did somewhere
+    would = "would"  # what a dry run would have done instead of an action
+    state = "state"  # a labelled snapshot (before, after, ...)
+    note = "note"  # anything else worth keeping (notifications, decisions)
+    guard = "guard"  # a safety guard decided something
+    approval = "approval"  # someone approved (or refused) what the run asked for
+    outcome = "outcome"  # how the run attempt ended; exactly one per attempt
 
     def __str__(self) -> str:
         return self.value
@@ -56,11 +61,11 @@ class EntryKind(str, Enum):
 class Outcome(str, Enum):
     """How a run attempt ended."""
 
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    NOOP = "noop"  # nothing needed doing
-    REFUSED = "refused"  # a guard or bad input stopped it before it acted
-    ESCALATED = "escalated"  # handed to a human
+    succeeded = "succeeded"
+    failed = "failed"
+    noop = "noop"  # nothing needed doing
+    refused = "refused"  # a guard or bad input stopped it before it acted
+    escalated = "escalated"  # handed to a human
 
     def __str__(self) -> str:
         return self.value
@@ -69,16 +74,16 @@ class Outcome(str, Enum):
 class ActionKind(str, Enum):
     """What a mutating action is, so guards can count them from the trail."""
 
-    COMMAND = "command"  # any other remote command
-    RESTART = "restart"
-    START = "start"
-    STOP = "stop"
-    DRAIN = "drain"  # load balancer: no new connections
-    READY = "ready"  # load balancer: back in rotation
-    MAINT = "maint"  # load balancer: out completely
-    SET_WEIGHT = "set-weight"
-    UPLOAD = "upload"  # object storage
-    DELETE = "delete"
+    command = "command"  # any other remote command
+    restart = "restart"
+    start = "start"
+    stop = "stop"
+    drain = "drain"  # load balancer: no new connections
+    ready = "ready"  # load balancer: back in rotation
+    maint = "maint"  # load balancer: out completely
+    set_weight = "set-weight"
+    upload = "upload"  # object storage
+    delete = "delete"
 
     def __str__(self) -> str:
         return self.value
@@ -87,10 +92,10 @@ class ActionKind(str, Enum):
 class TriggerKind(str, Enum):
     """How a run was started."""
 
-    MANUAL = "manual"  # an operator, from the UI or the CLI
-    SCHEDULE = "schedule"
-    EVENT = "event"  # a Prefect event (e.g. fleet health found a sick node)
-    ALERT = "alert"  # Alertmanager, through the bridge
+    manual = "manual"  # an operator, from the UI or the CLI
+    schedule = "schedule"
+    event = "event"  # a Prefect event (e.g. fleet health found a sick node)
+    alert = "alert"  # Alertmanager, through the bridge
 
     def __str__(self) -> str:
         return self.value
