@@ -19,12 +19,66 @@ for _key, _value in services.runbook_env(topology.Paths(topology.lab_dir())).ite
     os.environ.setdefault(_key, _value)
 
 
+# ---------------------------------------------------------------- a skip is a failure
+# A test that skips proves nothing, and a suite that skips a third of its cases
+# while exiting 0 claims what it never checked. Every component the suite needs
+# is installed by `make setup` (`python -m lab install`), so a skip means a
+# broken install (or not running as root): the session fails and says which
+# tests did not run. RUNBOOKS_ALLOW_SKIPS=1 relaxes this for local work only.
+ALLOW_SKIPS_ENV = "RUNBOOKS_ALLOW_SKIPS"
+_skipped: dict[str, str] = {}  # nodeid -> skip reason
+
+
+def _skip_reason(report) -> str:
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:  # (path, line, "Skipped: reason")
+        return str(longrepr[2]).removeprefix("Skipped: ")
+    return str(longrepr)
+
+
+def _note_skip(report) -> None:
+    if report.skipped and not hasattr(report, "wasxfail"):
+        _skipped.setdefault(report.nodeid, _skip_reason(report))
+
+
+def pytest_collectreport(report) -> None:  # a module-level skip
+    _note_skip(report)
+
+
+def pytest_runtest_logreport(report) -> None:
+    _note_skip(report)
+
+
+def skips_allowed() -> bool:
+    return os.environ.get(ALLOW_SKIPS_ENV) == "1"
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    if _skipped and not skips_allowed() and session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    if not _skipped:
+        return
+    tr = terminalreporter
+    if skips_allowed():
+        tr.section(f"{len(_skipped)} skipped test(s) ({ALLOW_SKIPS_ENV}=1: not counted as a failure)", yellow=True)
+    else:
+        tr.section(f"FAILED: {len(_skipped)} test(s) skipped", red=True, bold=True)
+        tr.write_line("A skipped test proves nothing: the suite needs every lab component, and a missing one is an")
+        tr.write_line("install bug, not a reason to skip. Run `make setup` (or `uv run python -m lab install`) as root,")
+        tr.write_line(f"then run the tests again as root. For local work only, {ALLOW_SKIPS_ENV}=1 lets skips pass.")
+    for nodeid, reason in sorted(_skipped.items()):
+        tr.write_line(f"  SKIPPED {nodeid}: {reason}")
+
+
 @pytest.fixture(scope="session")
 def lab() -> dict:
     """The lab's status dict. Reuses a lab that is already up (and leaves it up);
     otherwise brings one up for the session and takes it down at the end."""
     if os.geteuid() != 0:
-        pytest.skip("the lab needs root (network namespaces, supervisord, sshd)")
+        pytest.skip("the lab needs root (network namespaces, supervisord, sshd): run the suite as root")
     was_up = lab_api.is_up()
     if not was_up:
         try:
