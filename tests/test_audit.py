@@ -16,9 +16,19 @@ from pathlib import Path
 import pytest
 
 from tasks import audit as audit_mod
-from tasks.audit import AuditRecord, read_entries, render_markdown
+from tasks.audit import (
+    AuditRecord,
+    actions_of,
+    entries_about,
+    entry_time,
+    guard_entries,
+    is_about,
+    read_entries,
+    render_markdown,
+)
 from tasks.errors import AuditError
 from tasks.redaction import clear_secrets, redact, register_secret
+from tasks.vocabulary import ActionKind, EntryKind, Outcome
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -224,10 +234,90 @@ def test_cli_shows_a_run_and_tails_the_trail(audit_dir):
 
 def test_bad_input_and_unwritable_trail_are_refused(audit_dir, tmp_path):
     a = AuditRecord("run-x", "f")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="expected one of succeeded, failed"):
         a.outcome("done", "not a status")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unknown audit entry kind"):
+        a.write("actoin", {})
+    with pytest.raises(ValueError, match="unknown action kind"):
+        a.action("h", "reboot", 0, 0.1, action="reboot")
+    with pytest.raises(ValueError):
+        read_entries(kind="actoin")  # a misspelt kind is refused, not silently empty
+    assert read_entries(run_id="run-x") == []  # nothing refused was written
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("")
     broken = AuditRecord("run-y", "f", directory=blocker / "audit")
     with pytest.raises(AuditError, match="could not write the audit entry"):
         broken.note("hello")
+
+
+def test_kinds_and_outcomes_are_written_as_their_plain_strings(audit_dir):
+    a = AuditRecord("run-typed", "node-recovery", node="eth-a")
+    a.write(EntryKind.note, {"text": "typed"})
+    a.action("h", "supervisorctl restart erigon", 0, 0.5, action=ActionKind.restart, step="restart", automatic=True)
+    a.action("haproxy:127.0.0.1:1", "set weight be/s 7", 0, 0.01, action="set-weight")
+    a.action("h", "uptime", 0, 0.01)
+    a.outcome(Outcome.succeeded, "done")
+    raw = [json.loads(ln) for ln in today_file(audit_dir).read_text().splitlines()]
+    assert [e["kind"] for e in raw] == ["note", "action", "action", "action", "outcome"]
+    restart = raw[1]["data"]
+    # The typed kind and the step tags are both there: the restart budget reads either.
+    assert (restart["action"], restart["step"], restart["automatic"]) == ("restart", "restart", True)
+    assert raw[2]["data"]["action"] == "set-weight"
+    assert "action" not in raw[3]["data"]
+    assert raw[4]["data"]["status"] == "succeeded" and type(raw[4]["data"]["status"]) is str
+
+
+def test_a_dry_run_tells_what_it_would_have_done(audit_dir):
+    a = AuditRecord("run-dry", "node-recovery", node="eth-a")
+    a.started({"kind": "manual"}, {"node": "eth-a", "dry_run": True})
+    a.plan(["drain eth-a", "restart erigon"])
+    a.would("haproxy", "be_rpc/eth-a", "set server be_rpc/eth-a state drain", action=ActionKind.drain)
+    a.would("ssh", "rbtest@10.0.0.5:22", "supervisorctl restart erigon", action="restart", step="restart")
+    a.approval(approver="alice", approved=True, comment="go")
+    a.outcome("noop", "dry run: nothing was done")
+    would = read_entries(run_id="run-dry", kind=EntryKind.would)
+    assert [e["data"]["action"] for e in would] == ["drain", "restart"]
+    assert would[1]["data"] == {"system": "ssh", "target": "rbtest@10.0.0.5:22",
+                                "description": "supervisorctl restart erigon", "action": "restart", "step": "restart"}
+    assert read_entries(run_id="run-dry", kind="approval")[0]["data"]["approver"] == "alice"
+    md = render_markdown(a.entries())
+    assert "## Dry run: would do" in md and "## Actions" not in md
+    assert "| 1 |" in md and "| haproxy | be_rpc/eth-a | set server be_rpc/eth-a state drain | drain |" in md
+    assert "| ssh | rbtest@10.0.0.5:22 | supervisorctl restart erigon | restart |" in md
+    assert "## Approvals" in md and "alice" in md
+
+
+def test_guards_questions_are_answered_from_the_whole_trail(audit_dir):
+    old = datetime(2020, 1, 1, tzinfo=timezone.utc)
+    # Weeks-old circuit state lives in an old day file; a contains= read still finds it.
+    audit_dir.mkdir(parents=True)
+    audit_dir.joinpath("audit-2020-01-01.jsonl").write_text(json.dumps(
+        {"ts": old.isoformat(), "seq": 1, "run_id": "r0", "flow": "node-recovery", "node": "eth-a",
+         "kind": "guard", "data": {"name": "circuit-open", "reason": "budget spent"}}) + "\n")
+    fleet = AuditRecord("run-fleet", "fleet-health")  # a run about no single node
+    fleet.guard("circuit-open", "spent", node="eth-b")
+    fleet.guard("chain-incident", "whole chain stalled", chain="eth")
+    rec = AuditRecord("run-rec", "node-recovery", node="eth-a")
+    rec.action("h", "supervisorctl restart erigon", 0, 0.5, action="restart", automatic=True)
+    rec.action("h", "supervisorctl restart erigon-b", 0, 0.5, action="restart", node="eth-b")
+    rec.action("h", "uptime", 0, 0.01, action="command")
+    rec.note("eth-b mentioned only in text")
+
+    assert [e["run_id"] for e in read_entries(contains='"circuit-')] == ["r0", "run-fleet"]
+    assert read_entries(contains=['"circuit-', '"eth-b"'])[0]["run_id"] == "run-fleet"
+    assert read_entries(contains="no such text") == []
+    assert [e["data"]["name"] for e in guard_entries("circuit-open", node="eth-a")] == ["circuit-open"]
+    assert guard_entries("circuit-open", node="eth-b")[0]["run_id"] == "run-fleet"
+    assert guard_entries("circuit-open", node="eth-a", since=old + timedelta(days=1)) == []
+    assert [e["data"]["command"] for e in actions_of(ActionKind.restart, node="eth-a")] == ["supervisorctl restart erigon"]
+    assert [e["data"]["command"] for e in actions_of("restart", node="eth-b")] == ["supervisorctl restart erigon-b"]
+    assert len(actions_of("restart")) == 2
+    # data.node names the node an entry is about, even on another node's run.
+    about_b = entries_about("eth-b")
+    assert [e["kind"] for e in about_b] == ["guard", "action"]
+    assert all(is_about(e, "eth-b") for e in about_b)
+    assert [e["kind"] for e in entries_about("eth-a", kind="action")] == ["action", "action"]
+    assert entry_time(about_b[0]) is not None and entry_time({"ts": "garbage"}) is None
+    until = entry_time(about_b[0])
+    assert [e["run_id"] for e in read_entries(contains='"circuit-', until=until)] == ["r0", "run-fleet"]
+    assert [e["run_id"] for e in read_entries(contains='"circuit-', until=until - timedelta(seconds=1))] == ["r0"]
