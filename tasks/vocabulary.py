@@ -31,6 +31,15 @@ OPERATOR_RE = r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,99}$"
 
 NodeName = Annotated[str, Field(pattern=NODE_NAME_RE, description="Node name from the inventory")]
 Operator = Annotated[str, Field(pattern=OPERATOR_RE, description="Who you are (user name or e-mail)")]
+# A flow parameter only automation sets (e.g. the id of the event that started
+# the run): deployments/forms.py leaves every parameter whose schema carries
+# AUTOMATION_MARKER out of the operator's run form. Another type: mark it with
+# `Field(json_schema_extra={AUTOMATION_MARKER: True})`; it needs a default.
+AUTOMATION_MARKER = "x-runbooks-automation"
+AUTOMATION_ONLY = Annotated[str | None, Field(
+    max_length=100, json_schema_extra={AUTOMATION_MARKER: True},
+    description="Set by automation (the id of the event that started the run); not for operators",
+)]
 
 
 def check_node_name(value: object) -> str:
