@@ -34,10 +34,10 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from tasks import pagerduty, slack
-from tasks.audit import AuditRecord
+from tasks.audit import AuditRecord, read_entries
 from tasks.errors import InvalidInput, RunbookError
-from tasks.guards import _scan
 from tasks.redaction import redact_text, register_secret
+from tasks.vocabulary import EntryKind
 
 if TYPE_CHECKING:  # pragma: no cover
     from blocks import PagerDutyService, SlackWorkspace
@@ -109,7 +109,8 @@ def _logger() -> logging.Logger | logging.LoggerAdapter:
 def open_incident(target: str) -> str | None:
     """Dedup key of the target's open PagerDuty incident, as the audit trail tells it."""
     events = [
-        e for e in _scan('"pagerduty_action"', "note")
+        # Over the whole trail: an incident can stay open for weeks.
+        e for e in read_entries(kind=EntryKind.note, contains='"pagerduty_action"')
         if isinstance(e.get("data"), dict) and e["data"].get("target") == target
     ]
     events.sort(key=lambda e: (e.get("ts", ""), e.get("seq", 0)))

@@ -5,6 +5,9 @@ Triggers in prefect.yaml match on these names and labels; keep them here only.
 
 from __future__ import annotations
 
+from tasks import prefect_api
+from tasks.prefect_api import API_TIMEOUT_S
+
 NODE_UNHEALTHY = "runbooks.node.unhealthy"  # fleet-health found a sick node
 ALERT_FIRING = "runbooks.alert.firing"  # Alertmanager, through the bridge
 ALERT_RESOLVED = "runbooks.alert.resolved"
@@ -32,11 +35,11 @@ def node_resource(node: str, chain: str, problem: str | None = None) -> dict[str
     return resource
 
 
-def _events(filter_: dict, limit: int = 50, timeout: float = 10.0) -> list[dict]:
+def _events(filter_: dict, limit: int = 50, timeout: float = API_TIMEOUT_S) -> list[dict]:
     """Events matching a filter, from the Prefect server (bounded by `timeout`)."""
-    from prefect.client.orchestration import get_client
-
-    with get_client(sync_client=True, httpx_settings={"timeout": timeout}) as client:
+    # With the client's retries, as before: a run that cannot read its own
+    # trigger fails, and a 5xx blip at a run's start should not do that.
+    with prefect_api.client(timeout, retries=True) as client:
         response = client.request("POST", "/events/filter", json={"filter": filter_, "limit": limit})
     return response.json().get("events", [])
 

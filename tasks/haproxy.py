@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from tasks.errors import HAProxyError, InvalidInput
+from tasks.vocabulary import ActionKind
 
 if TYPE_CHECKING:  # pragma: no cover
     from blocks import HAProxyAdmin
@@ -211,7 +212,7 @@ class HAProxyRuntime:
             sock.close()
         return b"".join(chunks).decode("utf-8", "replace")
 
-    def _set(self, line: str) -> None:
+    def _set(self, line: str, action: ActionKind) -> None:
         """Run a mutating command; its only successful answer is an empty one."""
         started = time.monotonic()
         answer = ""
@@ -233,6 +234,7 @@ class HAProxyRuntime:
                     duration_s=time.monotonic() - started,
                     stdout_tail=answer,
                     stderr_tail=error or "",
+                    action=action,
                 )
 
     # -- reading -----------------------------------------------------------------
@@ -256,7 +258,8 @@ class HAProxyRuntime:
     # -- changing ----------------------------------------------------------------
 
     def _set_state(self, backend: str, server: str, state: AdminState) -> None:
-        self._set(f"set server {check_name('backend', backend)}/{check_name('server', server)} state {state}")
+        self._set(f"set server {check_name('backend', backend)}/{check_name('server', server)} state {state}",
+                  ActionKind(state))
 
     def drain(self, backend: str, server: str) -> None:
         """Stop sending new connections to the server; existing ones finish."""
@@ -274,41 +277,5 @@ class HAProxyRuntime:
         """Set the server's absolute weight (0-256); 0 stops new traffic without a drain."""
         if not isinstance(weight, int) or isinstance(weight, bool) or not 0 <= weight <= 256:
             raise InvalidInput(f"HAProxy weight must be an int from 0 to 256, got {weight!r}")
-        self._set(f"set weight {check_name('backend', backend)}/{check_name('server', server)} {weight}")
-
-
-# -- one-call helpers on a block ------------------------------------------------
-# Flows hold an HAProxyAdmin block (or its address); these open a client per
-# call, which costs nothing since every command is its own connection anyway.
-
-def runtime(admin: "HAProxyAdmin | HAProxyRuntime | str", audit: "AuditRecord | None" = None) -> HAProxyRuntime:
-    """A client for an HAProxyAdmin block, an address string, or a client as is."""
-    if isinstance(admin, HAProxyRuntime):
-        return admin
-    if isinstance(admin, str):
-        return HAProxyRuntime(admin, audit=audit)
-    return HAProxyRuntime.from_block(admin, audit=audit)
-
-
-def server_states(admin: "HAProxyAdmin | HAProxyRuntime | str", backend: str | None = None) -> list[ServerState]:
-    return runtime(admin).server_states(backend)
-
-
-def server_state(admin: "HAProxyAdmin | HAProxyRuntime | str", backend: str, server: str) -> ServerState:
-    return runtime(admin).server_state(backend, server)
-
-
-def drain(admin: "HAProxyAdmin | HAProxyRuntime | str", backend: str, server: str) -> None:
-    runtime(admin).drain(backend, server)
-
-
-def ready(admin: "HAProxyAdmin | HAProxyRuntime | str", backend: str, server: str) -> None:
-    runtime(admin).ready(backend, server)
-
-
-def maint(admin: "HAProxyAdmin | HAProxyRuntime | str", backend: str, server: str) -> None:
-    runtime(admin).maint(backend, server)
-
-
-def set_weight(admin: "HAProxyAdmin | HAProxyRuntime | str", backend: str, server: str, weight: int) -> None:
-    runtime(admin).set_weight(backend, server, weight)
+        self._set(f"set weight {check_name('backend', backend)}/{check_name('server', server)} {weight}",
+                  ActionKind.set_weight)

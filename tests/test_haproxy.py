@@ -23,7 +23,6 @@ from pathlib import Path
 
 import pytest
 
-from tasks import haproxy
 from tasks.audit import AuditRecord
 from tasks.errors import HAProxyError, InvalidInput
 from tasks.haproxy import HAProxyRuntime
@@ -238,16 +237,17 @@ def test_haproxy_refusals_become_errors(own_haproxy, rt):
         user.drain("be_rpc", "node-a")  # ...changing is not
 
 
-def test_unix_socket_and_block_helpers(own_haproxy, rt):
+def test_a_client_from_a_block_over_a_unix_socket(own_haproxy, rt):
     from blocks import HAProxyAdmin
 
     block = HAProxyAdmin(address=own_haproxy.admin_unix, timeout_seconds=2)
-    haproxy.drain(block, "be_archive", "arch-1")
-    assert haproxy.server_state(block, "be_archive", "arch-1").admin_state == "drain"
-    haproxy.ready(block, "be_archive", "arch-1")
-    assert {s.server for s in haproxy.server_states(block, "be_rpc")} == {"node-a", "node-b"}
-    haproxy.set_weight(own_haproxy.admin_tcp, "be_archive", "arch-1", 7)
-    assert haproxy.server_state(rt, "be_archive", "arch-1").weight == 7
+    client = HAProxyRuntime.from_block(block)
+    client.drain("be_archive", "arch-1")
+    assert client.server_state("be_archive", "arch-1").admin_state == "drain"
+    client.ready("be_archive", "arch-1")
+    assert {s.server for s in client.server_states("be_rpc")} == {"node-a", "node-b"}
+    client.set_weight("be_archive", "arch-1", 7)
+    assert rt.server_state("be_archive", "arch-1").weight == 7  # the same HAProxy, seen over TCP
 
 
 def test_changes_are_audited_when_asked(own_haproxy, tmp_path):
@@ -257,11 +257,13 @@ def test_changes_are_audited_when_asked(own_haproxy, tmp_path):
     rt.ready("be_rpc", "node-a")
     with pytest.raises(HAProxyError):
         rt.ready("be_rpc", "node-z")
-    rows = [(e["data"]["command"], e["data"]["exit_code"]) for e in audit.entries()]
+    rt.set_weight("be_rpc", "node-a", 1)
+    rows = [(e["data"]["command"], e["data"]["exit_code"], e["data"]["action"]) for e in audit.entries()]
     assert rows == [
-        ("set server be_rpc/node-a state drain", 0),
-        ("set server be_rpc/node-a state ready", 0),
-        ("set server be_rpc/node-z state ready", 1),
+        ("set server be_rpc/node-a state drain", 0, "drain"),
+        ("set server be_rpc/node-a state ready", 0, "ready"),
+        ("set server be_rpc/node-z state ready", 1, "ready"),
+        ("set weight be_rpc/node-a 1", 0, "set-weight"),
     ]
 
 
