@@ -19,7 +19,7 @@ import urllib.request
 from pathlib import Path
 
 from . import topology
-from .control import FAULT_KINDS, LabError, LabNotUp, down, fault, heal, is_up, status, up
+from .control import FAULT_KINDS, LabError, LabNotUp, down, fault, foreign_lab, heal, is_up, status, up
 from .install import install
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "clear_stub_records",
     "down",
     "fault",
+    "foreign_lab",
     "heal",
     "install",
     "is_up",

@@ -15,6 +15,7 @@ def _print_status(st: dict) -> None:
     if st["state"] != "up":
         print(f"WARNING: `up` did not finish (state {st['state']!r}): run `python -m lab down`, then `up`")
     print(f"lab up at {st['lab_dir']}  (started {st['started_at']})")
+    print(f"checkout   {st.get('checkout') or '(unknown: not recorded)'}")
     print(f"inventory  {st['inventory']}")
     print()
     rows = [("NODE", "CHAIN", "HOST", "NAMESPACE", "RPC", "STATE", "PID", "HEAD", "FAULT")]

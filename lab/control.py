@@ -150,6 +150,39 @@ def _write_record(paths: Paths, record: dict) -> None:
     tmp.replace(paths.lab_json)
 
 
+# ---------------------------------------------------------------- which checkout started it
+# The lab runs the bridge, exporter, worker and rules of the checkout that ran
+# `up` (their cwd is that checkout). Tests from another checkout must not
+# certify that code, so `up` records it and the suite refuses a lab from elsewhere.
+CHECKOUT = services.REPO_ROOT
+
+
+def same_checkout(recorded: str | None, here: Path = CHECKOUT) -> bool:
+    """Was a lab recorded as started from `recorded` started from this checkout?
+    A record without one (older code, or hand-made) is of unknown origin: not ours."""
+    return bool(recorded) and Path(recorded).resolve() == Path(here).resolve()
+
+
+def foreign_lab(here: Path = CHECKOUT) -> str | None:
+    """Why the lab in LAB_DIR is not ours to use, or None (no lab there, or ours).
+    Any lab.json counts, up or not: one still starting must not be taken down by us."""
+    paths = _paths()
+    try:
+        record = json.loads(paths.lab_json.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        return f"{paths.lab_json} is unreadable ({exc}): run `python -m lab down`, then run the tests again"
+    recorded = record.get("checkout")
+    if same_checkout(recorded, here):
+        return None
+    origin = f"checkout {recorded}" if recorded else "an unknown checkout (its lab.json names none)"
+    where = f"`cd {recorded} && python -m lab down`" if recorded else "`python -m lab down`"
+    return (f"the lab at {paths.root} (state {record.get('state')!r}) was started from {origin}, not from {here}: "
+            f"it runs that checkout's bridge, exporter, worker and rules, so tests here would certify someone "
+            f"else's code. Run {where} once nobody uses it, then run the tests again.")
+
+
 def is_up() -> bool:
     """Did `up` finish, and is the lab supervisord still running?"""
     paths = _paths()
@@ -336,6 +369,7 @@ def up(log=print) -> dict:
     try:
         by_host = _write_files(paths, root_programs)
         record = render.lab_record(paths, [p.name for p in root_programs])
+        record["checkout"] = str(CHECKOUT)
         _write_record(paths, record)
         netns.create(str(paths.root))
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)

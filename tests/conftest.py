@@ -8,7 +8,12 @@ lab's inventory and audit directory, exactly as flows run by the worker do.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -73,24 +78,78 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
         tr.write_line(f"  SKIPPED {nodeid}: {reason}")
 
 
+# The lab is one instance per machine (fixed ports, one LAB_DIR): two sessions
+# queue for it. Not /tmp/rblab-tests.lock: people run `flock /tmp/rblab-tests.lock
+# pytest ...`, and that flock already holds that file for this very process tree.
+SESSION_LOCK = Path("/var/tmp/rblab.session.lock")
+SESSION_LOCK_QUIET_SECONDS = 3.0
+
+
+def _say(request, text: str) -> None:
+    """A line on the terminal now, past pytest's output capture."""
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        print(f"\n[lab] {text}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def _session_lock(request):
+    with open(SESSION_LOCK, "a+") as f:
+        waited_since = time.monotonic()
+        told = False
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | (fcntl.LOCK_NB if not told else 0))
+                break
+            except BlockingIOError:
+                if time.monotonic() - waited_since < SESSION_LOCK_QUIET_SECONDS:
+                    time.sleep(0.2)
+                    continue
+                f.seek(0)
+                holder = f.read().strip() or "?"
+                _say(request, f"another test session holds the lab ({SESSION_LOCK}, held by pid {holder}): waiting for it")
+                told = True
+        if told:
+            _say(request, f"got the lab after {time.monotonic() - waited_since:.0f}s")
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _refuse_a_foreign_lab() -> None:
+    why = lab_api.foreign_lab()
+    if why:
+        pytest.exit(f"refusing the running lab: {why}", returncode=pytest.ExitCode.TESTS_FAILED)
+
+
 @pytest.fixture(scope="session")
-def lab() -> dict:
-    """The lab's status dict. Reuses a lab that is already up (and leaves it up);
-    otherwise brings one up for the session and takes it down at the end."""
+def lab(request) -> dict:
+    """The lab's status dict, held by this session alone (an exclusive lock).
+    Reuses a lab that this checkout started (and leaves it up); fails the session
+    at once on a lab started from another checkout; otherwise brings one up for
+    the session and takes it down at the end."""
     if os.geteuid() != 0:
         pytest.skip("the lab needs root (network namespaces, supervisord, sshd): run the suite as root")
-    was_up = lab_api.is_up()
-    if not was_up:
-        try:
-            lab_api.up(log=lambda *_: None)
-        except Exception:
-            lab_api.down(log=lambda *_: None)
-            raise
-    try:
-        yield lab_api.status()
-    finally:
+    _refuse_a_foreign_lab()  # at once, rather than after queueing for it
+    with _session_lock(request):
+        _refuse_a_foreign_lab()
+        was_up = lab_api.is_up()
         if not was_up:
-            lab_api.down(log=lambda *_: None)
+            try:
+                lab_api.up(log=lambda *_: None)
+            except Exception:
+                lab_api.down(log=lambda *_: None)
+                raise
+        try:
+            yield lab_api.status()
+        finally:
+            if not was_up:
+                lab_api.down(log=lambda *_: None)
 
 
 @pytest.fixture(scope="session")

@@ -115,6 +115,25 @@ def test_status_cli_reports_the_lab_as_json():
     st = json.loads(done.stdout)
     assert {n["state"] for n in st["nodes"].values()} == {"RUNNING"}
     assert all(n["head"] is not None for n in [*st["nodes"].values(), *st["references"].values()])
+    assert st["checkout"] == str(REPO)
+
+
+def test_the_lab_records_the_checkout_that_started_it(lab):
+    assert lab["checkout"] == str(REPO)
+    assert json.loads((Path(lab["lab_dir"]) / "lab.json").read_text())["checkout"] == str(REPO)
+    assert lab_api.foreign_lab() is None
+
+
+def test_this_session_holds_the_lab_alone():
+    import fcntl
+    import os
+
+    from tests.conftest import SESSION_LOCK
+
+    with open(SESSION_LOCK) as other:  # a second open file: flock(2) conflicts even in this process
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert other.read().strip() == str(os.getpid())
 
 
 def test_every_node_head_advances(lab):
