@@ -35,7 +35,7 @@ from paramiko.hostkeys import HostKeyEntry, InvalidHostKey
 
 from tasks.errors import CommandFailed, CommandTimeout, HostKeyChanged, HostKeyUnknown, SshError
 from tasks.redaction import register_secret
-from tasks.vocabulary import CommandResult  # re-exported: callers import it from here too
+from tasks.vocabulary import ActionKind, CommandResult  # CommandResult re-exported: callers import it from here too
 
 if TYPE_CHECKING:  # pragma: no cover - typing only; keeps this module free of Prefect at import
     from blocks import SshIdentity
@@ -246,12 +246,18 @@ class SshRunner:
     # -- commands -------------------------------------------------------------
 
     def run(
-        self, argv: list[str], timeout: float | None = None, check: bool = False, audit_data: dict | None = None
+        self,
+        argv: list[str],
+        timeout: float | None = None,
+        check: bool = False,
+        audit_data: dict | None = None,
+        action: ActionKind | str = ActionKind.command,
     ) -> CommandResult:
         """Run one command; returns its result, audited whatever happened.
 
-        `audit_data` is stored with the command's audit entry (e.g. which
-        runbook step it was), so guards can count from the audit trail.
+        `action` (restart, stop...) and `audit_data` (e.g. which runbook step
+        it was) are stored with the command's audit entry, so guards can
+        count typed actions from the audit trail.
 
         Raises CommandTimeout past the deadline, CommandFailed on a non-zero
         exit when check=True, SshError when the connection fails.
@@ -264,6 +270,8 @@ class SshRunner:
         if any("\x00" in a for a in argv):
             raise ValueError("an argument contains a NUL byte")
         command = shlex.join(argv)
+        audit_data = dict(audit_data or {})
+        audit_data["action"] = ActionKind(audit_data.pop("action", action))  # refused before anything runs
         limit = self.command_timeout if timeout is None else float(timeout)
 
         self.connect()
@@ -278,7 +286,7 @@ class SshRunner:
             channel = transport.open_session(timeout=min(self.connect_timeout, limit))
         except (paramiko.SSHException, OSError, EOFError) as exc:
             self._record(command, None, time.monotonic() - started, out, err, error=f"open channel: {exc}",
-                         **(audit_data or {}))
+                         **audit_data)
             self.close()
             raise SshError(f"{self.label}: could not open a session for `{command}`: {exc}", self.label) from exc
         try:
@@ -316,7 +324,7 @@ class SshRunner:
                     pass
         except (paramiko.SSHException, OSError, EOFError) as exc:
             duration = time.monotonic() - started
-            self._record(command, None, duration, out, err, error=str(exc), **(audit_data or {}))
+            self._record(command, None, duration, out, err, error=str(exc), **audit_data)
             self.close()
             raise SshError(f"{self.label}: connection lost while running `{command}`: {exc}", self.label) from exc
         finally:
@@ -338,7 +346,7 @@ class SshRunner:
             extra["dropped_bytes"] = {"stdout": out.dropped, "stderr": err.dropped}
         if timed_out:
             extra["timeout_s"] = limit
-        self._record(command, exit_code, duration, out, err, **(audit_data or {}), **extra)
+        self._record(command, exit_code, duration, out, err, **audit_data, **extra)
         if timed_out:
             raise CommandTimeout(result, limit)
         if check and exit_code != 0:

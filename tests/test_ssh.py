@@ -27,6 +27,7 @@ from tasks.audit import AuditRecord, read_entries
 from tasks.errors import CommandFailed, CommandTimeout, HostKeyChanged, HostKeyUnknown, SshError
 from tasks.redaction import clear_secrets
 from tasks.ssh import SshRunner
+from tasks.vocabulary import ActionKind
 from tests.processes import stop_process
 
 USER = "rbtest"
@@ -263,6 +264,18 @@ def test_every_command_is_in_the_audit_trail(sshd, audit, tmp_path):
     assert recorded == [("true", 0), ("false", 1), ("echo 'it'\"'\"'s here'", 0), ("sleep 5", None)]
     assert all(e["data"]["host"] == f"{USER}@127.0.0.1:{sshd.port}" for e in lines)
     assert read_entries(run_id=audit.run_id, kind="action")[2]["data"]["stdout_tail"] == "it's here\n"
+    assert {e["data"]["action"] for e in lines if e["kind"] == "action"} == {"command"}
+
+
+def test_a_commands_action_kind_and_step_tags_are_audited(sshd, audit):
+    with runner(sshd, audit) as ssh:
+        ssh.run(["true"], action=ActionKind.restart, audit_data={"step": "restart", "automatic": True})
+        ssh.run(["true"], audit_data={"action": "stop"})
+        with pytest.raises(ValueError):
+            ssh.run(["true"], action="reboot")  # refused before it runs
+    assert [(a["action"], a.get("step"), a.get("automatic")) for a in actions(audit)] == [
+        ("restart", "restart", True), ("stop", None, None),
+    ]
 
 
 def test_the_private_key_never_reaches_the_audit_trail(sshd, audit, tmp_path):
