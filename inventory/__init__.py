@@ -31,6 +31,9 @@ from tasks.vocabulary import NODE_NAME_RE
 Name = Annotated[str, Field(pattern=NODE_NAME_RE)]
 # Absolute paths without whitespace or shell metacharacters.
 SafePath = Annotated[str, Field(pattern=r"^/[A-Za-z0-9._/+-]*$", max_length=4096)]
+# A manager's service name: systemd template instances (node@mainnet.service) and
+# supervisor group:program names too; the same alphabet tasks/services.py accepts.
+ServiceName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9@._:-]{0,254}$")]
 
 DEFAULT_INVENTORY = "inventory.yaml"
 INVENTORY_ENV = "RUNBOOKS_INVENTORY"
@@ -115,7 +118,7 @@ class ServiceManagerKind(str, Enum):
 
 class Service(Strict):
     manager: ServiceManagerKind
-    name: Name
+    name: ServiceName
 
 
 class LoadBalancerRef(Strict):

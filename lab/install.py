@@ -9,7 +9,8 @@ from pathlib import Path
 
 from . import topology as t
 
-APT_PACKAGES = ["openssh-server", "supervisor", "haproxy", "prometheus", "prometheus-alertmanager", "iproute2"]
+# systemd: tests boot it as PID 1 of its own namespaces (lab/systemd.py) to drive the systemd adapter.
+APT_PACKAGES = ["openssh-server", "supervisor", "haproxy", "prometheus", "prometheus-alertmanager", "iproute2", "systemd"]
 POLICY_RC_D = Path("/usr/sbin/policy-rc.d")
 
 

@@ -140,6 +140,12 @@ class Systemd(ServiceManager):
     kind = "systemd"
     PROPERTIES = "LoadState,ActiveState,SubState,MainPID"
 
+    def __init__(self, name: str, sudo: bool = False) -> None:
+        super().__init__(name, sudo)
+        if "@" in name and re.fullmatch(r"(\.[a-z]+)?", name.partition("@")[2]):
+            # systemctl refuses a bare template ("node@.service"); only its instances run.
+            raise InvalidInput(f"systemd unit {name!r} is a template: name an instance, e.g. node@mainnet")
+
     def status_argv(self) -> list[str]:
         # `show` answers with exit 0 for any unit (even unknown ones: LoadState=not-found),
         # unlike `is-active`, whose exit code mixes "inactive" and "unknown".
@@ -170,9 +176,15 @@ class Systemd(ServiceManager):
             raise ServiceError(
                 f"systemctl show {self.name} gave no ActiveState (exit {exit_code}): {(stderr or stdout).strip()[:300]}"
             )
-        if props.get("LoadState") == "not-found":
+        load = props.get("LoadState", "loaded")
+        if load == "not-found":
             return ServiceStatus("not-found", False, None, stdout)
         active, sub = props["ActiveState"], props.get("SubState", "")
+        if load != "loaded" and active in ("inactive", "failed"):
+            # masked / bad-setting / error: `start` will refuse, so "inactive/dead"
+            # would send a runbook into a start that cannot work. (A unit masked
+            # while it runs still runs: it falls through to its real state.)
+            return ServiceStatus(load, False, None, stdout)
         pid = int(props["MainPID"]) if props.get("MainPID", "0").isdigit() and props.get("MainPID") != "0" else None
         running = active == "active" and sub in ("running", "")
         return ServiceStatus(f"{active}/{sub}" if sub else active, running, pid, stdout)
