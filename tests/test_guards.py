@@ -23,9 +23,9 @@ import httpx
 import pytest
 
 from inventory import Inventory, RestartBudget
-from tasks import guards, steps
+from tasks import guards
 from tasks.audit import AuditRecord, read_entries
-from tasks.guards import LeaseBusy, chain_incident, node_lease, restart_decision
+from tasks.guards import LeaseBusy, Resource, chain_incident, leases, node_lease, restart_decision
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -48,7 +48,7 @@ def node(prefect_api):
 def pause_variable(prefect_api, monkeypatch):
     """The pause switch under a name of its own, so a shared server's real switch is never touched."""
     name = f"runbooks_paused_test_{uuid.uuid4().hex[:8]}"
-    monkeypatch.setattr(guards, "PAUSE_VARIABLE", name)
+    monkeypatch.setattr(guards.pause, "PAUSE_VARIABLE", name)
     yield name
     httpx.delete(f"{prefect_api}/variables/name/{name}", timeout=5)
 
@@ -57,9 +57,10 @@ def pause_variable(prefect_api, monkeypatch):
 # Per-node lease
 # ---------------------------------------------------------------------------
 
-def test_a_second_run_on_a_leased_node_is_refused_quickly(node):
+def test_a_second_run_on_a_leased_node_is_refused_quickly(node, caplog):
+    caplog.set_level("ERROR")
     with node_lease(node, wait_seconds=2) as held:
-        assert held.limit == f"runbooks-node-{node}"
+        assert held.names == (f"runbooks-node-{node}",) and held.lease_id
         started = time.monotonic()
         with pytest.raises(LeaseBusy) as busy:
             with node_lease(node, wait_seconds=2):
@@ -67,6 +68,8 @@ def test_a_second_run_on_a_leased_node_is_refused_quickly(node):
         refused_in = time.monotonic() - started
         assert busy.value.node == node and node in str(busy.value)
         assert 2.0 <= refused_in < 4.0, refused_in
+        # Four refused polls, not four ERROR lines in the run's log.
+        assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
     # Released: the next automated run gets it at once.
     started = time.monotonic()
     with node_lease(node, wait_seconds=2) as held:
@@ -185,6 +188,155 @@ def test_the_lease_of_a_killed_run_expires_and_is_reclaimed(node, prefect_api):
 
 
 # ---------------------------------------------------------------------------
+# Leases over several resources: nodes, hosts, chains
+# ---------------------------------------------------------------------------
+
+def two_host_fleet(prefix: str = "") -> Inventory:
+    """Chain <p>chain over three nodes: a and b on host <p>h1, c on host <p>h2; d on another chain."""
+    def node(chain: str, host: str) -> dict:
+        return {"chain": chain, "client": "anvil", "host": host, "rpc_url": "http://127.0.0.1:9/",
+                "service": {"manager": "supervisor", "name": "svc"}, "datadir": "/var/tmp/x"}
+
+    host = {"address": "127.0.0.1", "ssh_user": "ops", "ssh_identity_block": "lab-ssh"}
+    return Inventory.model_validate({
+        "chains": {f"{prefix}chain": {"family": "ethereum", "references": ["http://127.0.0.1:9/"]},
+                   f"{prefix}other": {"family": "ethereum", "references": ["http://127.0.0.1:9/"]}},
+        "hosts": {f"{prefix}h1": host, f"{prefix}h2": host},
+        "nodes": {f"{prefix}a": node(f"{prefix}chain", f"{prefix}h1"), f"{prefix}b": node(f"{prefix}chain", f"{prefix}h1"),
+                  f"{prefix}c": node(f"{prefix}chain", f"{prefix}h2"), f"{prefix}d": node(f"{prefix}other", f"{prefix}h2")},
+    })
+
+
+def test_a_host_or_chain_lease_takes_every_node_on_it_in_one_fixed_order():
+    inv = two_host_fleet()
+    assert guards.lock_names(inv, [Resource("node", "b")]) == ["runbooks-node-b"]
+    assert guards.lock_names(inv, [Resource("host", "h1")]) == ["runbooks-host-h1", "runbooks-node-a", "runbooks-node-b"]
+    assert guards.lock_names(inv, [Resource("chain", "chain")]) == [
+        "runbooks-chain-chain", "runbooks-node-a", "runbooks-node-b", "runbooks-node-c"]
+    # Overlaps collapse, and the order does not depend on how the run listed them.
+    both = guards.lock_names(inv, [Resource("node", "c"), Resource("host", "h2"), Resource("node", "a")])
+    assert both == guards.lock_names(inv, [Resource("node", "a"), Resource("host", "h2"), Resource("node", "c")])
+    assert both == ["runbooks-host-h2", "runbooks-node-a", "runbooks-node-c", "runbooks-node-d"]
+    # A single node needs no inventory; a host or chain does.
+    assert guards.lock_names(None, [Resource("node", "zz")]) == ["runbooks-node-zz"]
+
+
+def test_bad_resources_are_refused_before_any_call():
+    from tasks.errors import InvalidInput
+
+    inv = two_host_fleet()
+    for bad in (lambda: Resource("rack", "r1"), lambda: Resource("node", "a b"), lambda: Resource("host", "")):
+        with pytest.raises(InvalidInput):
+            bad()
+    for resources, words in (([Resource("host", "h9")], "unknown host 'h9'"), ([Resource("chain", "nope")], "unknown chain"),
+                             ([Resource("node", "zz")], "not in the inventory"), ([], "at least one")):
+        with pytest.raises(InvalidInput, match=words):
+            guards.lock_names(inv, resources)
+    with pytest.raises(InvalidInput, match="needs the inventory"):
+        guards.lock_names(None, [Resource("chain", "chain")])
+
+
+@pytest.fixture
+def fleet_limits(prefect_api):
+    """A fleet whose names no other test (or a shared server's other users) uses; its limits are removed after."""
+    inv = two_host_fleet(f"gt{uuid.uuid4().hex[:8]}-")
+    yield inv
+    names = guards.lock_names(inv, [Resource("chain", c) for c in inv.chains] + [Resource("host", h) for h in inv.hosts])
+    for name in names:
+        httpx.delete(f"{prefect_api}/v2/concurrency_limits/{name}", timeout=5)
+
+
+def test_a_node_run_and_its_chain_wave_never_overlap_nor_deadlock(fleet_limits):
+    inv = fleet_limits
+    node_a = next(n for n in inv.nodes if n.endswith("-a"))
+    chain = next(c for c in inv.chains if c.endswith("-chain"))
+    inside: list[tuple[str, float, float]] = []
+    errors: list[BaseException] = []
+
+    def run(name: str, resources: list, start: threading.Barrier) -> None:
+        try:
+            start.wait(10)
+            with leases(inv, resources, wait_seconds=20, poll_seconds=0.1):
+                entered = time.monotonic()
+                time.sleep(0.05)
+                inside.append((name, entered, time.monotonic()))
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    started = time.monotonic()
+    for _ in range(20):
+        start = threading.Barrier(2)
+        threads = [threading.Thread(target=run, args=("node", [Resource("node", node_a)], start)),
+                   threading.Thread(target=run, args=("chain", [Resource("chain", chain)], start))]
+        [t.start() for t in threads]
+        [t.join(30) for t in threads]
+        assert not any(t.is_alive() for t in threads), "a run never finished: deadlock"
+    assert not errors, errors
+    assert len(inside) == 40
+    spans = sorted(inside, key=lambda s: s[1])
+    for (n1, _, left), (n2, entered, _) in zip(spans, spans[1:]):
+        assert entered >= left, f"{n1} and {n2} were inside at once"
+    print(f"\n20 races of node vs chain in {time.monotonic() - started:.1f}s")
+
+
+def test_a_host_lease_blocks_its_nodes_but_not_a_node_elsewhere(fleet_limits):
+    inv = fleet_limits
+    h1 = next(h for h in inv.hosts if h.endswith("-h1"))
+    a, d = (next(n for n in inv.nodes if n.endswith(s)) for s in ("-a", "-d"))
+    with leases(inv, [Resource("host", h1)], wait_seconds=2) as held:
+        assert len(held.names) == 3
+        with pytest.raises(LeaseBusy, match=f"runbooks-node-{a}"):
+            with leases(inv, [Resource("node", a), Resource("node", d)], wait_seconds=0.5):
+                pytest.fail("a node of a leased host was taken")
+        # All or nothing: the refused run did not keep d either.
+        with node_lease(d, wait_seconds=0.5):
+            pass
+
+
+HOLDING_RUN = textwrap.dedent(
+    """
+    import sys, time
+    from tasks.guards import node_lease
+    with node_lease(sys.argv[1], wait_seconds=10, lease_seconds=60) as held:
+        print(f"acquired {held.lease_id}", flush=True)
+        time.sleep(600)
+    """
+)
+
+
+def test_a_crashed_holders_lease_released_by_id_lets_the_next_run_in_at_once(node, prefect_api):
+    env = os.environ | {"PREFECT_API_URL": prefect_api, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDING_RUN, node], cwd=ROOT, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True,
+    )
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("acquired"), f"the holder did not take the lease: {line!r}"
+        lease_id = line.split()[1]
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        with pytest.raises(LeaseBusy):
+            with node_lease(node, wait_seconds=0.5):
+                pass
+        guards.release_lease(lease_id)
+        guards.release_lease(lease_id)  # already gone: fine
+        started = time.monotonic()
+        with node_lease(node, wait_seconds=1) as held:
+            assert held.waited_s < 0.5
+        assert time.monotonic() - started < 2
+    finally:
+        stop_process(proc, grace=1)
+
+
+def test_releasing_a_lease_needs_a_lease_id():
+    from tasks.errors import InvalidInput
+
+    with pytest.raises(InvalidInput):
+        guards.release_lease("not-a-uuid")
+
+
+# ---------------------------------------------------------------------------
 # Restart budget and circuit breaker (derived from the audit trail)
 # ---------------------------------------------------------------------------
 
@@ -280,6 +432,20 @@ def test_restarts_leave_the_window_and_the_last_back_off_repeats(audit_dir):
 def test_a_zero_budget_escalates_at_the_first_need(audit_dir):
     d = restart_decision("eth-z", RestartBudget(max_restarts=0))
     assert not d.allowed and d.escalate and d.circuit_open
+
+
+def test_typed_restart_actions_count_and_old_step_entries_still_do(audit_dir):
+    node = "eth-t"
+    old = AuditRecord("run-old", "node-recovery", node=node)
+    old.action(host="h", command="supervisorctl restart eth", exit_code=0, duration_s=1, step="restart", automatic=True)
+    new = AuditRecord("run-new", "node-recovery", node=node)
+    new.action(host="h", command="supervisorctl restart eth", exit_code=0, duration_s=1, action="restart",
+               step="restart-node", automatic=True)
+    # Not restarts, or not automatic: not counted.
+    new.action(host="h", command="haproxy drain", exit_code=0, duration_s=1, action="drain", automatic=True)
+    new.action(host="h", command="supervisorctl restart eth", exit_code=0, duration_s=1, action="restart", automatic=False)
+    since = datetime.now(timezone.utc) - timedelta(minutes=5)
+    assert len(guards.automatic_restarts(node, since)) == 2
 
 
 # ---------------------------------------------------------------------------
@@ -402,6 +568,8 @@ def fleet(refs: list[str], nodes: dict[str, str]) -> Inventory:
 
 def sweep(inv: Inventory) -> tuple[dict, list]:
     """The chain's nodes and references in one sweep, as node-recovery sees them."""
+    from tasks import steps
+
     result = steps.sweep(inv, sorted(inv.nodes_on_chain("lab-eth")))
     return result.nodes, result.references["lab-eth"]
 
@@ -513,3 +681,71 @@ def test_the_last_healthy_server_of_a_backend_is_never_taken_out(states, healthy
     else:
         assert guards.disruption_budget(inv, "a", states, probe) == serving
     assert all("a" not in names for names in asked)  # the node itself never counts as its own peer
+
+
+# ---------------------------------------------------------------------------
+# Operator holds (derived from the audit trail)
+# ---------------------------------------------------------------------------
+
+def test_an_operator_holds_a_node_and_releases_it(audit_dir):
+    audit = AuditRecord("run-h1", "hold-node", node="eth-a")
+    assert guards.active_hold("eth-a") is None
+    hold = guards.place_hold(audit, "eth-a", "alice@example.org", "disk swap", None)
+    assert hold.node == "eth-a" and hold.operator == "alice@example.org" and hold.expires_at is None
+    assert guards.active_hold("eth-a") == hold
+    assert "disk swap" in hold.describe()
+    assert guards.active_hold("eth-b") is None
+    # Before it was placed, it was not active.
+    assert guards.active_hold("eth-a", now=hold.placed_at - timedelta(seconds=1)) is None
+
+    entry = guards.release_hold(audit, "eth-a", "bob", "disk swapped, resynced")
+    assert entry["data"]["name"] == "hold-released"
+    assert guards.active_hold("eth-a") is None
+    with pytest.raises(guards.NotOnHold, match="not on hold"):
+        guards.release_hold(audit, "eth-a", "bob", "again")
+    # The trail holds both entries: state is derived, not stored.
+    names = [e["data"]["name"] for e in read_entries(kind="guard")]
+    assert names == ["hold-placed", "hold-released"]
+
+
+def test_an_expired_hold_is_not_active(audit_dir):
+    audit = AuditRecord("run-h2", "hold-node", node="eth-a")
+    expires = datetime.now(timezone.utc) + timedelta(hours=2)
+    hold = guards.place_hold(audit, "eth-a", "alice", "kernel upgrade", expires)
+    assert hold.expires_at == expires
+    assert guards.active_hold("eth-a", now=expires - timedelta(seconds=1)) == hold
+    assert guards.active_hold("eth-a", now=expires) is None
+    assert guards.active_hold("eth-a", now=expires + timedelta(days=1)) is None
+
+
+def test_a_new_hold_replaces_the_old_one(audit_dir):
+    audit = AuditRecord("run-h3", "hold-node", node="eth-a")
+    soon = datetime.now(timezone.utc) + timedelta(minutes=10)
+    guards.place_hold(audit, "eth-a", "alice", "short job", soon)
+    longer = guards.place_hold(audit, "eth-a", "alice", "job runs long", soon + timedelta(hours=3))
+    assert guards.active_hold("eth-a", now=soon + timedelta(minutes=1)) == longer
+
+
+def test_every_hold_at_once(audit_dir):
+    now = datetime.now(timezone.utc)
+    audit = AuditRecord("run-h4", "hold-node")
+    guards.place_hold(audit, "eth-a", "alice", "disk", None)
+    guards.place_hold(audit, "eth-b", "alice", "short", now + timedelta(minutes=5))
+    guards.place_hold(audit, "eth-c", "bob", "released soon", None)
+    guards.release_hold(audit, "eth-c", "bob", "done")
+    assert sorted(guards.holds()) == ["eth-a", "eth-b"]
+    assert sorted(guards.holds(now=now + timedelta(minutes=6))) == ["eth-a"]
+
+
+def test_bad_holds_are_refused_before_anything_is_written(audit_dir):
+    from tasks.errors import InvalidInput
+
+    audit = AuditRecord("run-h5", "hold-node")
+    past = datetime.now(timezone.utc) - timedelta(seconds=1)
+    for args in (("eth a", "alice", "x", None), ("eth-a", "", "x", None), ("eth-a", "alice", " ", None),
+                 ("eth-a", "alice", "x", past), ("eth-a", "alice", "x", datetime.now() + timedelta(hours=1))):
+        with pytest.raises(InvalidInput):
+            guards.place_hold(audit, *args)
+    with pytest.raises(InvalidInput):
+        guards.release_hold(audit, "eth-a", "alice", "")
+    assert read_entries() == []
