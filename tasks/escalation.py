@@ -7,6 +7,8 @@
 |          | backend has no healthy server left                               |       |                  |
 | P2       | `not-recovered`: a node did not recover (peers still serve)      | yes   | page, error      |
 | P2       | `circuit-open`: the node's restart budget is spent               | yes   | page, error      |
+| P2       | `run-crashed`: a mutating run died half way (found by reconcile) | yes   | page, error      |
+| P2       | `run-failed`: a mutating run failed on an error nobody planned   | yes   | page, error      |
 | P3       | `lagging`, `warning`: degraded, automation is handling it        | yes   | no               |
 | P4       | `info`: for the record                                           | yes   | no               |
 
@@ -68,6 +70,8 @@ class Kind:
     BACKEND_DOWN = "backend-down"
     NOT_RECOVERED = "not-recovered"
     CIRCUIT_OPEN = "circuit-open"
+    RUN_CRASHED = "run-crashed"
+    RUN_FAILED = "run-failed"
     LAGGING = "lagging"
     WARNING = "warning"
     INFO = "info"
@@ -78,6 +82,8 @@ _BY_KIND = {
     Kind.BACKEND_DOWN: Priority.P1,
     Kind.NOT_RECOVERED: Priority.P2,
     Kind.CIRCUIT_OPEN: Priority.P2,
+    Kind.RUN_CRASHED: Priority.P2,
+    Kind.RUN_FAILED: Priority.P2,
     Kind.LAGGING: Priority.P3,
     Kind.WARNING: Priority.P3,
     Kind.INFO: Priority.P4,

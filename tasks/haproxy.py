@@ -30,6 +30,7 @@ from tasks.vocabulary import ActionKind
 if TYPE_CHECKING:  # pragma: no cover
     from blocks import HAProxyAdmin
     from tasks.audit import AuditRecord
+    from tasks.gate import Gate
 
 _NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 
@@ -148,7 +149,8 @@ class HAProxyRuntime:
     Mutating commands are recorded as audit actions when `audit` is given.
     """
 
-    def __init__(self, address: str, timeout: float = 5.0, audit: "AuditRecord | None" = None) -> None:
+    def __init__(self, address: str, timeout: float = 5.0, audit: "AuditRecord | None" = None,
+                 gate: "Gate | None" = None) -> None:
         if address.startswith("unix://"):
             self._family, self._target = socket.AF_UNIX, address[len("unix://") :]
         elif address.startswith("tcp://"):
@@ -161,11 +163,15 @@ class HAProxyRuntime:
             raise InvalidInput(f"HAProxy address {address!r} must start with unix:// or tcp://")
         self.address = address
         self.timeout = float(timeout)
-        self.audit = audit
+        # A runbook's client carries the run's gate (tasks/gate.py): in a dry run every
+        # change is recorded as "would" and never sent. Reads always go through.
+        self.gate = gate
+        self.audit = gate.audit if gate is not None else audit
 
     @classmethod
-    def from_block(cls, block: "HAProxyAdmin", audit: "AuditRecord | None" = None) -> "HAProxyRuntime":
-        return cls(block.address, timeout=block.timeout_seconds, audit=audit)
+    def from_block(cls, block: "HAProxyAdmin", audit: "AuditRecord | None" = None,
+                   gate: "Gate | None" = None) -> "HAProxyRuntime":
+        return cls(block.address, timeout=block.timeout_seconds, audit=audit, gate=gate)
 
     def __repr__(self) -> str:
         return f"HAProxyRuntime({self.address!r})"
@@ -214,6 +220,8 @@ class HAProxyRuntime:
 
     def _set(self, line: str, action: ActionKind) -> None:
         """Run a mutating command; its only successful answer is an empty one."""
+        if self.gate is not None and not self.gate.allows("haproxy", self.address, line, action=action):
+            return
         started = time.monotonic()
         answer = ""
         error: str | None = None

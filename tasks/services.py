@@ -117,6 +117,8 @@ class ServiceManager(ABC):
 
     def status(self, runner: CommandRunner, timeout: float | None = None) -> ServiceStatus:
         r = runner.run(self.status_argv(), timeout=timeout)
+        if r.dry_run:
+            return ServiceStatus("unknown (dry run)", False, None, "")
         return self.parse_status(r.stdout, r.exit_code, r.stderr)
 
     def start(self, runner: CommandRunner, timeout: float | None = None) -> "CommandResult":

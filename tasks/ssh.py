@@ -38,6 +38,7 @@ from tasks.redaction import register_secret
 from tasks.vocabulary import ActionKind, CommandResult  # CommandResult re-exported: callers import it from here too
 
 if TYPE_CHECKING:  # pragma: no cover - typing only; keeps this module free of Prefect at import
+    from tasks.gate import Gate
     from blocks import SshIdentity
     from inventory import Host
     from tasks.audit import AuditRecord
@@ -154,6 +155,7 @@ class SshRunner:
         private_key: str | None = None,
         known_hosts: str | None = None,
         name: str | None = None,
+        gate: "Gate | None" = None,
     ) -> None:
         if identity is not None:
             pk = identity.private_key
@@ -161,11 +163,15 @@ class SshRunner:
             known_hosts = identity.known_hosts
         if not private_key or known_hosts is None:
             raise ValueError("SshRunner needs an SshIdentity or private_key and known_hosts")
+        if gate is not None:
+            audit = gate.audit
         if audit is None:
-            raise ValueError("SshRunner needs an AuditRecord: every remote command is audited")
+            raise ValueError("SshRunner needs an AuditRecord (or a Gate): every remote command is audited")
         register_secret(private_key)
         self.host = host
         self.audit = audit
+        # The run's gate (tasks/gate.py): in a dry run it records each command and nothing connects.
+        self.gate = gate
         self.connect_timeout = float(connect_timeout)
         self.command_timeout = float(command_timeout)
         self.max_output_bytes = int(max_output_bytes)
@@ -177,8 +183,13 @@ class SshRunner:
     # -- connection -----------------------------------------------------------
 
     def __enter__(self) -> "SshRunner":
-        self.connect()
+        if not self._dry:
+            self.connect()
         return self
+
+    @property
+    def _dry(self) -> bool:
+        return self.gate is not None and self.gate.dry_run
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -273,6 +284,10 @@ class SshRunner:
         audit_data = dict(audit_data or {})
         audit_data["action"] = ActionKind(audit_data.pop("action", action))  # refused before anything runs
         limit = self.command_timeout if timeout is None else float(timeout)
+        if self.gate is not None and not self.gate.allows("ssh", self.label, command, **audit_data):
+            # A dry run: recorded as "would run"; nothing connected, nothing ran.
+            return CommandResult(host=self.label, argv=argv, command=command, exit_code=0, stdout="", stderr="",
+                                 duration_s=0.0, dry_run=True)
 
         self.connect()
         assert self._client is not None

@@ -1,134 +1,95 @@
 """Runbook steps shared by every runbook, as Prefect tasks.
 
-Each step does one thing to one system through the building blocks in this
-package and records what it did in the run's audit record. Flows decide which
-steps to run; steps never decide for the flow.
+Each step does one thing to one system, through the clients the run's frame
+hands out (tasks/runbook.py), so every change passes the run's gate: a dry
+run records it instead. Each step marks its start in the audit record, so a
+run that dies is reported by the step it died in. Flows decide which steps
+to run; steps never decide for the flow.
 """
 
 from __future__ import annotations
 
+import functools
 import time
-from dataclasses import asdict, dataclass
-from functools import partial
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from inventory import Inventory
-from tasks import guards, haproxy, hostinfo, probes
+from tasks import guards, hostinfo
+from tasks.haproxy import ServerState
+from tasks.probes.assessment import Assessment, Sweep, as_dict, assess_nodes, sweep  # noqa: F401 - re-exported
 from tasks.runbook import Runbook
 from tasks.services import service_manager_for
 from tasks.ssh import SshRunner
-
-# Steps take live objects (the Runbook, an SSH session): never cache them.
-step = partial(task, cache_policy=NO_CACHE)
+from tasks.vocabulary import ActionKind
 
 
-@dataclass
-class Assessment:
-    node: str
-    status: str
-    reason: str
-    head: int | None
-    reference_head: int | None
-    lag: int | None
-    head_age_s: float | None
-    client_version: str | None
+def step(name: str, **task_options):
+    """A runbook step: a Prefect task (never cached: it takes live objects) that marks its start in the audit."""
 
-    @property
-    def healthy(self) -> bool:
-        return self.status == "healthy"
+    def decorate(fn):
+        @functools.wraps(fn)
+        def marked(rb: Runbook, *args, **kwargs):
+            rb.step(name)
+            return fn(rb, *args, **kwargs)
+
+        return task(name=name, cache_policy=NO_CACHE, **task_options)(marked)
+
+    return decorate
 
 
-@dataclass
-class Sweep:
-    """One concurrent probe of some nodes and their chains' references."""
-
-    nodes: dict[str, Assessment]
-    references: dict[str, list[probes.NodeProbe]]  # chain -> its references' probes
-
-
-def sweep(inventory: Inventory, names: list[str]) -> Sweep:
-    """Probe nodes and their chains' references together; classify each node."""
-    chains = sorted({inventory.nodes[n].chain for n in names})
-    targets = [probes.node_target(n, inventory.nodes[n]) for n in names]
-    targets += [t for c in chains for t in probes.reference_targets(c, inventory.chains[c])]
-    results = {p.name: p for p in probes.probe_many_sync(targets)}
-    references = {c: probes.references_of(results.values(), c) for c in chains}
-    out = {}
-    for n in names:
-        chain_name = inventory.nodes[n].chain
-        ref_head = probes.reference_head(references[chain_name])
-        probe = results[n]
-        verdict = probes.classify(probe, ref_head, inventory.chains[chain_name])
-        out[n] = Assessment(
-            node=n, status=verdict.status, reason=verdict.reason, head=probe.head,
-            reference_head=ref_head, lag=verdict.lag, head_age_s=probe.head_age_s,
-            client_version=probe.client_version,
-        )
-    return Sweep(out, references)
-
-
-def assess_nodes(inventory: Inventory, names: list[str]) -> dict[str, Assessment]:
-    return sweep(inventory, names).nodes
-
-
-@step(name="assess-chain")
+@step("assess-chain")
 def assess_chain(rb: Runbook, chain: str) -> Sweep:
     """Every node of a chain and its references, in one sweep: the node's state
     and the evidence for telling a node problem from a chain incident."""
     return sweep(rb.inventory, sorted(rb.inventory.nodes_on_chain(chain)))
 
 
-def _rotation(rb: Runbook, node: str):
-    """The node's load-balancer entry and a runtime client that audits what it changes."""
-    lb = rb.inventory.node(node).lb
+def rotation_state(rb: Runbook, node: str) -> ServerState | None:
+    """The node's server in its load balancer, as HAProxy reports it (a read: no gate)."""
+    lb = rb.node(node).lb
     if lb is None:
-        return None, None
-    return lb, haproxy.HAProxyRuntime.from_block(rb.haproxy(lb.balancer), audit=rb.audit)
+        return None
+    return rb.balancer(lb.balancer).server_state(lb.backend, lb.server)
 
 
-@step(name="check-disruption-budget")
+@step("check-disruption-budget")
 def check_disruption_budget(rb: Runbook, node: str) -> list[str]:
     """The node's healthy, in-rotation peers; raises DisruptionBudgetExceeded if none."""
-    lb, runtime = _rotation(rb, node)
+    lb = rb.node(node).lb
     if lb is None:
         return []
-    return guards.disruption_budget(rb.inventory, node, runtime.server_states(lb.backend),
+    states = rb.balancer(lb.balancer).server_states(lb.backend)
+    return guards.disruption_budget(rb.inventory, node, states,
                                     lambda names: {n: a.healthy for n, a in assess_nodes(rb.inventory, names).items()})
 
 
-@step(name="drain-from-rotation", retries=2, retry_delay_seconds=1)
+@step("drain-from-rotation", retries=2, retry_delay_seconds=1)
 def drain_from_rotation(rb: Runbook, node: str) -> bool:
-    lb, runtime = _rotation(rb, node)
+    lb = rb.node(node).lb
     if lb is None:
         return False
-    runtime.drain(lb.backend, lb.server)
+    rb.balancer(lb.balancer).drain(lb.backend, lb.server)
     return True
 
 
-@step(name="return-to-rotation", retries=2, retry_delay_seconds=1)
+@step("return-to-rotation", retries=2, retry_delay_seconds=1)
 def return_to_rotation(rb: Runbook, node: str) -> bool:
-    lb, runtime = _rotation(rb, node)
+    lb = rb.node(node).lb
     if lb is None:
         return False
-    runtime.ready(lb.backend, lb.server)
+    rb.balancer(lb.balancer).ready(lb.backend, lb.server)
     return True
 
 
-def open_ssh(rb: Runbook, node: str) -> SshRunner:
-    host = rb.inventory.host_of(node)
-    return SshRunner(host, rb.ssh_identity(host.ssh_identity_block), audit=rb.audit)
-
-
-@step(name="capture-diagnostics")
+@step("capture-diagnostics")
 def capture_diagnostics(rb: Runbook, ssh: SshRunner, node: str) -> dict:
     """Service status, last log lines and disk usage, before anything changes.
 
     Diagnostics are best effort: a failing log or df command is recorded in
     the audit (by the runner) and does not stop the recovery.
     """
-    n = rb.inventory.node(node)
+    n = rb.node(node)
     manager = service_manager_for(n, rb.inventory.host_of(node))
     status = manager.status(ssh)
     logs = ssh.run(manager.logs_argv(50))
@@ -142,25 +103,37 @@ def capture_diagnostics(rb: Runbook, ssh: SshRunner, node: str) -> dict:
     return diagnostics
 
 
-@step(name="restart-service")
-def restart_service(rb: Runbook, ssh: SshRunner, node: str, automatic: bool) -> bool:
-    """Restart through the node's service manager; True when it then reports running.
+def _service_action(rb: Runbook, ssh: SshRunner, node: str, action: ActionKind) -> bool:
+    """Restart or start through the node's service manager; True when it then reports running.
 
-    The restart's audit entry is tagged (step, automatic): the restart budget
+    The action's audit entry is typed (action, automatic): the restart budget
     is counted from exactly these entries.
     """
-    manager = service_manager_for(rb.inventory.node(node), rb.inventory.host_of(node))
-    result = ssh.run(manager.restart_argv(), audit_data={"step": "restart", "automatic": automatic})
+    manager = service_manager_for(rb.node(node), rb.inventory.host_of(node))
+    argv = manager.restart_argv() if action is ActionKind.restart else manager.start_argv()
+    result = ssh.run(argv, action=action, audit_data={"step": action.value, "automatic": rb.trigger.automatic})
+    rb.gate.verify(f"{manager.name} reports running after {action.value}")
     status = manager.status(ssh)
     if result.exit_code != 0 or not status.running:
-        get_run_logger().error("restart of %s failed: exit %s, state %s", node, result.exit_code, status.state)
+        get_run_logger().error("%s of %s failed: exit %s, state %s", action.value, node, result.exit_code, status.state)
         return False
     return True
 
 
-@step(name="wait-until-synced")
+@step("restart-service")
+def restart_service(rb: Runbook, ssh: SshRunner, node: str) -> bool:
+    return _service_action(rb, ssh, node, ActionKind.restart)
+
+
+@step("start-service")
+def start_service(rb: Runbook, ssh: SshRunner, node: str) -> bool:
+    return _service_action(rb, ssh, node, ActionKind.start)
+
+
+@step("wait-until-synced")
 def wait_until_synced(rb: Runbook, node: str, deadline_s: float, poll_s: float = 1.0) -> Assessment:
     """Wait until the head advances and the node is healthy, or the deadline passes."""
+    rb.gate.verify(f"{node}'s head advances and it is healthy within {deadline_s:.0f}s")
     deadline = time.monotonic() + deadline_s
     first_head = None
     latest = assess_nodes(rb.inventory, [node])[node]
@@ -174,7 +147,3 @@ def wait_until_synced(rb: Runbook, node: str, deadline_s: float, poll_s: float =
             return latest
         time.sleep(poll_s)
         latest = assess_nodes(rb.inventory, [node])[node]
-
-
-def as_dict(a: Assessment) -> dict:
-    return asdict(a)

@@ -126,6 +126,8 @@ class CommandResult:
     stderr: str
     duration_s: float
     truncated: bool = False
+    dry_run: bool = False  # a dry run's stand-in: the command was recorded, not run
+
 
     @property
     def ok(self) -> bool:

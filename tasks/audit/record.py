@@ -185,13 +185,13 @@ class AuditRecord:
             ) from exc
         return json.loads(line)
 
-    def started(self, trigger: Any, parameters: dict[str, Any]) -> dict[str, Any]:
-        """The run began: what started it (schedule, operator, alert) and with what."""
-        return self.write(EntryKind.started, {"trigger": trigger, "parameters": parameters})
+    def started(self, trigger: Any, parameters: dict[str, Any], **data: Any) -> dict[str, Any]:
+        """The run began: what started it (schedule, operator, alert), with what, touching what, where."""
+        return self.write(EntryKind.started, _merge({"trigger": trigger, "parameters": parameters}, data))
 
-    def plan(self, steps: Iterable[Any]) -> dict[str, Any]:
-        """What the run intends to do, before it does it (also what a dry run shows)."""
-        return self.write(EntryKind.plan, {"steps": list(steps)})
+    def plan(self, steps: Iterable[Any], **data: Any) -> dict[str, Any]:
+        """What the run intends to do, before it does it (also what a dry run shows); its hash and facts."""
+        return self.write(EntryKind.plan, _merge({"steps": list(steps)}, data))
 
     def action(
         self,
@@ -247,9 +247,9 @@ class AuditRecord:
         """Someone approved or refused what the run asked for (who, when, what, comment)."""
         return self.write(EntryKind.approval, data)
 
-    def outcome(self, status: Outcome | str, detail: str) -> dict[str, Any]:
-        """How the run ended; exactly one per run attempt."""
-        return self.write(EntryKind.outcome, {"status": _typed(Outcome, status, "outcome"), "detail": detail})
+    def outcome(self, status: Outcome | str, detail: str, **data: Any) -> dict[str, Any]:
+        """How the run ended; exactly one per run attempt (`result`: the runbook's own word for it)."""
+        return self.write(EntryKind.outcome, _merge({"status": _typed(Outcome, status, "outcome"), "detail": detail}, data))
 
     # -- reading --------------------------------------------------------------
 
