@@ -140,7 +140,7 @@ class Pipeline:
 
     def recovered(self, node: str) -> tuple[bool, str]:
         """Healthy by our own classification, and in rotation at HAProxy; with what was seen."""
-        from tasks.steps import assess_nodes
+        from tasks.probes.assessment import assess_nodes
 
         a = assess_nodes(self.inventory, [node])[node]
         lb = self.inventory.node(node).lb
@@ -149,7 +149,7 @@ class Pipeline:
         return a.healthy and s.in_rotation, seen
 
     def fleet_healthy(self) -> bool:
-        from tasks.steps import assess_nodes
+        from tasks.probes.assessment import assess_nodes
 
         return all(a.healthy for a in assess_nodes(self.inventory, sorted(self.inventory.nodes)).values())
 

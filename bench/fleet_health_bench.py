@@ -38,7 +38,8 @@ from web3 import Web3
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tasks.probes import Timeouts, probe_many_sync  # noqa: E402
+from tasks.probes.model import Timeouts  # noqa: E402
+from tasks.probes.probe import probe_many_sync  # noqa: E402
 
 DEFAULT_ANVIL = "/opt/rblab/npm/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil"
 

@@ -15,7 +15,8 @@ from prefect.events import emit_event
 
 from inventory import load_inventory
 from tasks.events import NODE_UNHEALTHY, node_resource
-from tasks.steps import as_dict, assess_nodes, step
+from tasks.probes.assessment import as_dict, assess_nodes
+from tasks.steps import step
 
 @step(name="probe-fleet")
 def probe_fleet() -> list[dict]:

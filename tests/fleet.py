@@ -14,7 +14,7 @@ from lab.runs import flow_runs, set_automation  # noqa: F401 - re-exported for t
 from inventory import load_inventory
 from tasks.audit import read_entries
 from tasks.haproxy import HAProxyRuntime
-from tasks.steps import assess_nodes
+from tasks.probes.assessment import assess_nodes
 
 HAPROXY = HAProxyRuntime("tcp://127.0.0.1:19999", timeout=3)
 

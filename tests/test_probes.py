@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 ROOT = Path(__file__).resolve().parents[1]
 
 from inventory import Chain, ChainFamily, Client  # noqa: E402
-from tasks import probes  # noqa: E402
+from tasks.probes import evm, heimdall, op_node, solana  # noqa: E402
 from tasks.probes import (  # noqa: E402
     ClientHealth,
     ClientVersion,
@@ -51,6 +51,7 @@ from tasks.probes import (  # noqa: E402
     probe_many_sync,
     reference_head,
 )
+from tasks.probes.parsing import ERROR_MAX_CHARS  # noqa: E402
 from tests.processes import rpc
 
 FIXTURES = Path(__file__).parent / "fixtures" / "health"
@@ -181,7 +182,7 @@ class TestSolanaHealth:
         assert parse_solana_get_health(200, body).data["numSlotsBehind"] == 7
 
     def test_solana_batch_gives_slot_version_and_health(self):
-        fields = probes._interpret_solana(200, sample("solana_batch_behind")[1], time.time(), HealthOptions())
+        fields = solana.interpret(200, sample("solana_batch_behind")[1], time.time(), HealthOptions())
         assert fields["head"] == 287512033
         assert fields["client_version"] == "solana-core/1.18.22"
         assert fields["health"].healthy is False and fields["health"].data["numSlotsBehind"] == 160
@@ -212,25 +213,25 @@ class TestAvalancheHealth:
 
 class TestEvmBatch:
     def test_anvil_answer_without_net_peercount(self):
-        fields = probes._interpret_evm(200, sample("anvil_batch")[1], time.time(), HealthOptions())
+        fields = evm.interpret(200, sample("anvil_batch")[1], time.time(), HealthOptions())
         assert fields["head"] == 0
         assert fields["peers"] is None  # -32601 Method not found: a missing field, not a failure
         assert fields["syncing"] is False
         assert fields["client_version"] == "anvil/v1.7.1"
 
     def test_geth_syncing_progress(self):
-        fields = probes._interpret_evm(200, sample("geth_syncing_batch")[1], 0x66CF1A2B + 5.5, HealthOptions())
+        fields = evm.interpret(200, sample("geth_syncing_batch")[1], 0x66CF1A2B + 5.5, HealthOptions())
         assert fields["head"] == 0x1407C20
         assert fields["peers"] == 25
         assert fields["syncing"]["highestBlock"] == "0x140bf30"
         assert fields["head_age_s"] == 5.5
 
     def test_head_age_is_clamped_at_zero(self):
-        fields = probes._interpret_evm(200, sample("geth_syncing_batch")[1], 0x66CF1A2B - 100, HealthOptions())
+        fields = evm.interpret(200, sample("geth_syncing_batch")[1], 0x66CF1A2B - 100, HealthOptions())
         assert fields["head_age_s"] == 0.0
 
     def test_batch_too_large_fails_the_head(self):
-        result = probes._interpret_evm(200, sample("geth_batch_too_large")[1], time.time(), HealthOptions())
+        result = evm.interpret(200, sample("geth_batch_too_large")[1], time.time(), HealthOptions())
         assert result == "eth_getBlockByNumber failed: -32600 batch too large"
 
     @pytest.mark.parametrize("body, error", [
@@ -241,13 +242,13 @@ class TestEvmBatch:
         (b"[]", "eth_getBlockByNumber failed: no answer in batch"),
     ])
     def test_unusable_answers(self, body, error):
-        assert probes._interpret_evm(200, body, time.time(), HealthOptions()).startswith(error)
+        assert evm.interpret(200, body, time.time(), HealthOptions()).startswith(error)
 
     def test_answers_in_any_order_and_string_ids(self):
         doc = json.loads(sample("anvil_batch")[1])
         for item in doc:
             item["id"] = str(item["id"])
-        fields = probes._interpret_evm(200, json.dumps(doc[::-1]).encode(), time.time(), HealthOptions())
+        fields = evm.interpret(200, json.dumps(doc[::-1]).encode(), time.time(), HealthOptions())
         assert fields["head"] == 0 and fields["client_version"] == "anvil/v1.7.1"
 
 
@@ -299,7 +300,7 @@ BODIES = st.one_of(
 STATUS = st.integers(min_value=0, max_value=999)
 PARSERS = [parse_erigon_health, parse_heimdall_status, parse_solana_health, parse_solana_get_health,
            parse_avalanche_health, parse_avalanche_is_bootstrapped, parse_op_node_sync_status]
-INTERPRETERS = [probes._interpret_evm, probes._interpret_solana, probes._interpret_op_node, probes._interpret_heimdall]
+INTERPRETERS = [evm.interpret, solana.interpret, op_node.interpret, heimdall.interpret]
 
 garbage_settings = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -498,7 +499,7 @@ def test_a_misbehaving_endpoint_is_down_with_a_short_reason(stub, route, error):
     stub.routes["/"] = route
     (p,) = probe_many_sync([("bad", stub.url + "/", None, None)])
     assert not p.ok and p.error.startswith(error), p.error
-    assert len(p.error) <= probes.ERROR_MAX_CHARS
+    assert len(p.error) <= ERROR_MAX_CHARS
     assert classify(p, 100, chain()).status == "down"
 
 
@@ -672,7 +673,8 @@ def test_probe_many_is_awaitable(anvils):
 
 
 def test_references_are_probed_in_their_chains_protocol():
-    from tasks.probes import GENERIC_EVM, reference_targets, references_of
+    from tasks.probes.model import GENERIC_EVM
+    from tasks.probes.targets import reference_targets, references_of
 
     eth = chain(references=["http://127.0.0.1:1", "http://127.0.0.1:2"])
     sol = Chain(family=ChainFamily.solana, references=["http://127.0.0.1:3"])

@@ -16,7 +16,10 @@ import pytest
 import yaml
 
 from deployments import templates
-from deployments.exporter import FleetCollector, NodeSample, Sweep
+from deployments.exporter import FleetCollector
+from inventory import Inventory
+from tasks.probes.assessment import Assessment, Sweep
+from tasks.probes.model import NodeProbe
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = templates.RULES_FILE
@@ -69,11 +72,19 @@ def test_every_alert_is_tested_and_the_start_up_case_of_the_stall_rule_too():
 
 def test_the_rules_use_only_metrics_the_exporter_exports():
     """A renamed metric would silently disable an alert; DiskFilling's are documented as for later."""
-    sweep = Sweep(nodes=[NodeSample(("n", "c", "h", "r"), True, 1, 1, 0, 0.01)],
-                  reference_heads={"c": 1}, max_lag_blocks={"c": 5}, max_head_age_seconds={"c": 8.0},
-                  completed_at=1.0, duration_s=0.1)
+    inventory = Inventory.model_validate({
+        "chains": {"c": {"family": "ethereum", "references": ["http://127.0.0.1:1"], "max_lag_blocks": 5,
+                         "max_head_age_seconds": 8.0}},
+        "hosts": {"h": {"address": "127.0.0.1", "ssh_user": "ops", "ssh_identity_block": "b", "region": "r"}},
+        "nodes": {"n": {"chain": "c", "client": "anvil", "host": "h", "service": {"manager": "supervisor", "name": "n"},
+                        "rpc_url": "http://127.0.0.1:2", "datadir": "/var/tmp/n"}},
+    })
+    reference = NodeProbe(name="ref:c:0", url="http://127.0.0.1:1", ok=True, head=1, latency_s=0.01)
+    sweep = Sweep(nodes={"n": Assessment("n", "healthy", "", 1, 1, 0, 0.0, None, chain="c", up=True,
+                                         head_timestamp=1.0, latency_s=0.01)},
+                  references={"c": [reference]}, completed_at=1.0, duration_s=0.1)
     collector = FleetCollector()
-    collector.publish(sweep)
+    collector.publish(inventory, sweep)
     exported = {s.name for family in collector.collect() for s in family.samples}
     for rule in alert_rules():
         used = set(re.findall(r"\brunbooks_[a-z_]+", rule["expr"]))
