@@ -152,6 +152,13 @@ class automation_on:
         set_automation(False)
 
 
+def active_alerts(node: str) -> list[dict]:
+    """Alertmanager's alerts for the node that have not resolved (silenced ones included)."""
+    r = httpx.get("http://127.0.0.1:19093/api/v2/alerts", params={"filter": f'node="{node}"'}, timeout=5)
+    r.raise_for_status()
+    return r.json()
+
+
 class alerts_silenced:
     """`with alerts_silenced(node):` an Alertmanager silence for the node, as an
     operator would set, so only fleet-health's schedule can notice it."""

@@ -205,17 +205,31 @@ def test_with_the_pause_switch_on_alert_triggered_runs_act_on_nothing(alerts_on)
 
 def test_an_alert_that_resolves_before_the_run_acts_restarts_nothing(alerts_on):
     node = "eth-b"
-    before = spawns(node)
-    sent_at = time.time()
-    fingerprint = uuid.uuid4().hex[:16]
-    deliver(alert(node, fingerprint=fingerprint))
-    deliver(alert(node, status="resolved", fingerprint=fingerprint))
-    run = fleet.wait_for(lambda: next(iter(recovery_runs(node, sent_at)), None), 120, 1,
-                         what=f"a finished node-recovery run for {node}")
-    entries = read_entries(run_id=str(run.id))
-    assert any(e["kind"] == "guard" and e["data"]["name"] == "alert-resolved" for e in entries)
-    assert fleet.outcome(entries)["status"] == "noop"
-    assert spawns(node) == before
+    # The node is really broken, so that without the resolved-alert guard this
+    # run would restart it. Its own alerts are silenced: only the alert sent
+    # here (fired, then resolved before the run acts) may start a run.
+    with fleet.alerts_silenced(node):
+        try:
+            lab.fault(node, "stall")
+            fleet.wait_status(node, {"stalled"})
+            before, pid_before = spawns(node), fleet.pid(node)
+            sent_at = time.time()
+            fingerprint = uuid.uuid4().hex[:16]
+            deliver(alert(node, fingerprint=fingerprint))
+            deliver(alert(node, status="resolved", fingerprint=fingerprint))
+            run = fleet.wait_for(lambda: next(iter(recovery_runs(node, sent_at)), None), 120, 1,
+                                 what=f"a finished node-recovery run for {node}")
+            entries = read_entries(run_id=str(run.id))
+            assert fleet.outcome(entries)["status"] == "noop", fleet.outcome(entries)
+            assert any(e["kind"] == "guard" and e["data"]["name"] == "alert-resolved" for e in entries)
+            assert "action" not in fleet.kinds(entries)  # no drain, no restart
+            assert spawns(node) == before and fleet.pid(node) == pid_before
+            assert fleet.status_of(node) == "stalled" and fleet.server(node).admin_state == "ready"
+            assert [r.id for r in recovery_runs(node, sent_at, final=False)] == [run.id]
+        finally:
+            # Heal under the silence, so its own stall alert never reaches the bridge.
+            lab.heal(node)
+            fleet.wait_for(lambda: not fleet.active_alerts(node), 60, what=f"{node}'s alerts to resolve")
 
 
 def test_pagerduty_gets_one_incident_per_node_incident_updated_by_repeats_and_resolved_on_recovery(healthy_fleet):
