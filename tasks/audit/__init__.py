@@ -49,9 +49,3 @@ __all__ = [
     "tail_text",
 ]
 
-
-def _iter_file(path, must_contain: bytes | None = None):  # pragma: no cover - transitional
-    """Transitional, for tasks/guards.py until its split reads with `read_entries(contains=...)`; remove then."""
-    from tasks.audit.query import _iter_file as iter_file
-
-    return iter_file(path, (must_contain,) if must_contain else ())

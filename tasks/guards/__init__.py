@@ -15,7 +15,6 @@ stand on the systems layer (audit, Prefect) and never import the steps or
 the frame above them.
 """
 
-from tasks.guards._trail import scan as _scan  # tasks.escalation reads the trail with it (until audit.query lands)
 from tasks.guards.budget import (
     CIRCUIT_CLOSED,
     CIRCUIT_OPEN,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from tasks.audit import _iter_file, day_files
+from tasks.audit import read_entries
 
 
 def utcnow() -> datetime:
@@ -36,17 +36,6 @@ def scan(needle: str, kind: str, since: datetime | None = None) -> list[dict[str
     """Entries of `kind` whose raw line contains `needle`, over the whole trail (or from `since`).
 
     Circuit, incident and hold states can be weeks old, so these reads cannot
-    be bounded by a window; the byte pre-filter (the one audit.read_entries
-    uses for run ids) keeps a long trail cheap to scan.
-    TODO: use `tasks.audit.query.read_entries(contains=...)` once it lands.
+    be bounded by a window; the audit's byte pre-filter keeps a long trail cheap.
     """
-    raw = needle.encode("utf-8")
-    out = []
-    for path in day_files(since):
-        for e in _iter_file(path, raw):
-            if e.get("kind") != kind:
-                continue
-            if since is not None and ((t := ts(e)) is None or t < since):
-                continue
-            out.append(e)
-    return out
+    return read_entries(kind=kind, since=since, contains=needle)

@@ -9,7 +9,7 @@ import json
 from dataclasses import dataclass
 
 from tasks.errors import InvalidInput, RunbookError
-from tasks.guards._api import client
+from tasks.prefect_api import client
 from tasks.guards._trail import utcnow
 from tasks.redaction import redact_text
 
