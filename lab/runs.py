@@ -6,37 +6,34 @@ demo and the end-to-end tests switch it on.
 
 from __future__ import annotations
 
-import asyncio
 from datetime import datetime, timezone
 
-from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
 from prefect.client.schemas.sorting import FlowRunSort
+
+from tasks import prefect_api
+
+# The lab's server is local; 30 s covers a busy one, and the client's own
+# retries ride out its restart (tests would otherwise fail on a blip).
+TIMEOUT_S = 30.0
 
 
 def set_automation(enabled: bool, schedules: bool | None = None) -> None:
     """Every automation (event triggers) on or off, and every deployment
     schedule too unless `schedules` says otherwise."""
-    asyncio.run(_set_automation(enabled, enabled if schedules is None else schedules))
-
-
-async def _set_automation(triggers: bool, schedules: bool) -> None:
-    async with get_client() as client:
-        for d in await client.read_deployments():
+    schedules = enabled if schedules is None else schedules
+    with prefect_api.client(TIMEOUT_S, retries=True) as client:
+        for d in client.read_deployments():
             for s in d.schedules:
-                await client.update_deployment_schedule(d.id, s.id, active=schedules)
-        for a in await client.read_automations():
-            await (client.resume_automation(a.id) if triggers else client.pause_automation(a.id))
+                client.update_deployment_schedule(d.id, s.id, active=schedules)
+        for a in client.read_automations():
+            (client.resume_automation if enabled else client.pause_automation)(a.id)
 
 
 def flow_runs(deployment: str, since: float) -> list:
     """Runs of a deployment created after `since` (epoch seconds), newest first."""
-    return asyncio.run(_flow_runs(deployment, since))
-
-
-async def _flow_runs(deployment: str, since: float) -> list:
-    async with get_client() as client:
-        runs = await client.read_flow_runs(
+    with prefect_api.client(TIMEOUT_S, retries=True) as client:
+        runs = client.read_flow_runs(
             deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[deployment])),
             sort=FlowRunSort.EXPECTED_START_TIME_DESC,
             limit=50,
