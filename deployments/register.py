@@ -1,9 +1,11 @@
 """Make a Prefect server ready to run the runbooks.
 
 Creates the process work pool, registers our block types, deploys every
-deployment in prefect.yaml, and checks that each trigger declared there
-became an automation: a trigger the server refuses leaves the deployment
-without it and `prefect deploy` does not fail (see REFERENCE), so we check.
+deployment in prefect.yaml, checks that each trigger declared there became
+an automation (a trigger the server refuses leaves the deployment without it
+and `prefect deploy` does not fail, see REFERENCE), and rewrites every run
+form from the inventory (deployments/forms.py): run it again after the
+inventory changes.
 
     python -m deployments.register
 """
@@ -17,6 +19,8 @@ from pathlib import Path
 
 import yaml
 from prefect.client.orchestration import get_client
+
+from deployments import forms
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK_POOL = "runbooks"
@@ -35,9 +39,16 @@ def _check(result: subprocess.CompletedProcess, what: str) -> None:
         raise SystemExit(f"{what} failed (exit {result.returncode}):\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
 
 
+def _declared() -> list[dict]:
+    return yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
+
+
+def declared_deployments() -> list[str]:
+    return [d["name"] for d in _declared()]
+
+
 def declared_triggers() -> dict[str, int]:
-    spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
-    return {d["name"]: len(d.get("triggers") or []) for d in spec["deployments"]}
+    return {d["name"]: len(d.get("triggers") or []) for d in _declared()}
 
 
 async def missing_triggers() -> list[str]:
@@ -71,7 +82,9 @@ def main() -> None:
     problems = asyncio.run(missing_triggers())
     if problems:
         raise SystemExit("deployment triggers missing after deploy: " + "; ".join(problems))
-    print(f"work pool {WORK_POOL!r}, blocks and {len(declared_triggers())} deployments registered; triggers verified")
+    # `prefect deploy` just stored the flows' own schemas; make them operator forms again.
+    forms.apply(declared_deployments())
+    print(f"work pool {WORK_POOL!r}, blocks and {len(declared_triggers())} deployments registered; triggers verified; forms set")
 
 
 if __name__ == "__main__":

@@ -22,8 +22,9 @@ from tasks.errors import RunbookError
 from tasks.runbook import Runbook
 from tasks.vocabulary import NodeName, Operator
 
-Note = Annotated[str, Field(min_length=3, max_length=1000, description="What was checked or fixed, and why this is safe")]
-Reason = Annotated[str, Field(min_length=3, max_length=500, description="Why remediation is paused or resumed")]
+Note = Annotated[str, Field(min_length=3, max_length=1000, description="What you checked or fixed, and why automatic restarts are safe again")]
+Reason = Annotated[str, Field(min_length=3, max_length=500, description="Why remediation is paused or resumed (the incident, the maintenance)")]
+Paused = Annotated[bool, Field(description="On: pause every alert-triggered and scheduled remediation. Off: resume it. Runs started by hand are never paused")]
 
 
 @flow(name="close-circuit", log_prints=True)
@@ -46,7 +47,7 @@ def close_circuit(node: NodeName, operator: Operator, note: Note) -> dict:
 
 
 @flow(name="pause-remediation", log_prints=True)
-def pause_remediation(paused: bool, reason: Reason, operator: Operator) -> dict:
+def pause_remediation(paused: Paused, reason: Reason, operator: Operator) -> dict:
     """Pause (or resume) alert-triggered and scheduled remediation across the fleet."""
     rb = Runbook.open(
         "pause-remediation", {"paused": paused, "reason": reason, "operator": operator},

@@ -9,9 +9,12 @@ changes nothing, so it keeps no audit record.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.events import emit_event
+from pydantic import Field
 
 from inventory import load_inventory
 from tasks.events import NODE_UNHEALTHY, node_resource
@@ -26,7 +29,9 @@ def probe_fleet() -> list[dict]:
 
 
 @flow(name="fleet-health", log_prints=True)
-def fleet_health(emit_events: bool = True) -> list[dict]:
+def fleet_health(
+    emit_events: Annotated[bool, Field(description="Emit one event per unhealthy node (it starts node-recovery when automation is on). Off: only report")] = True,
+) -> list[dict]:
     """Probe and classify every node; one event per unhealthy node."""
     logger = get_run_logger()
     rows = probe_fleet()
