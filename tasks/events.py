@@ -9,6 +9,7 @@ from tasks import prefect_api
 from tasks.prefect_api import API_TIMEOUT_S
 
 NODE_UNHEALTHY = "runbooks.node.unhealthy"  # fleet-health found a sick node
+NODE_OUT_OF_ROTATION = "runbooks.node.out-of-rotation"  # healthy, but its load balancer sends it nothing
 ALERT_FIRING = "runbooks.alert.firing"  # Alertmanager, through the bridge
 ALERT_RESOLVED = "runbooks.alert.resolved"
 

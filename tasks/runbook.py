@@ -119,7 +119,10 @@ class Runbook:
         """
         inventory = load_inventory()
         resources = list(resources)
-        guards.lock_names(inventory, resources)  # validates every resource against the inventory
+        for r in resources:
+            if r.kind == "node":
+                inventory.node(r.name)  # InventoryError naming the node and the inventory file
+        guards.lock_names(inventory, resources)  # validates hosts and chains against the inventory too
         nodes = sorted({r.name for r in resources if r.kind == "node"})
         audit = AuditRecord(run_id=str(flow_run.get_id() or "local"), flow=flow, node=nodes[0] if len(nodes) == 1 else None)
         audit.started(trigger=trigger.as_dict(), parameters=parameters,
