@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from uuid import UUID
 
 from tasks.errors import InvalidInput, RunbookError
-from tasks.guards._api import client
+from tasks.prefect_api import API_TIMEOUT_S, client
 from tasks.redaction import redact_text
 from tasks.vocabulary import NODE_NAME_RE, check_node_name
 
@@ -59,10 +59,13 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-# Every call to the Prefect API made here is bounded by this.
-API_TIMEOUT_S = 10.0
 MIN_LEASE_SECONDS = 60.0  # the server refuses shorter leases
 MAX_LEASE_SECONDS = 86400.0  # and longer ones
+# Answers that mean "the server is momentarily overloaded" (a busy SQLite
+# database answers 503 under concurrent runs, measured): polled again, for at
+# least this long even when wait_seconds is shorter, before giving up.
+TRANSIENT_STATUSES = frozenset({408, 429, 502, 503})
+TRANSIENT_GRACE_S = 5.0
 
 ResourceKind = Literal["node", "host", "chain"]
 PREFIXES: dict[str, str] = {"node": "runbooks-node-", "host": "runbooks-host-", "chain": "runbooks-chain-"}
@@ -171,7 +174,8 @@ def _ensure_limits(names: list[str]) -> dict[str, int]:
     limits: dict[str, int] = {}
     name = names[0]
     try:
-        with client(API_TIMEOUT_S) as api:
+        # With the client's retries: a momentarily busy server must not refuse the run.
+        with client(API_TIMEOUT_S, retries=True) as api:
             for name in names:
                 try:
                     limit = api.read_global_concurrency_limit_by_name(name)
@@ -238,6 +242,7 @@ def _acquire(names: list[str], limits: dict[str, int], target: str, *, wait_seco
     started = time.monotonic()
     deadline = started + wait_seconds
     try:
+        # Without the client's retries: this loop is the retry, on our deadline and poll interval.
         with client(API_TIMEOUT_S) as api:
             while True:
                 try:
@@ -254,6 +259,10 @@ def _acquire(names: list[str], limits: dict[str, int], target: str, *, wait_seco
                             f"{target}: concurrency limit {', '.join(zero)} allows no run at all (limit 0): an operator "
                             "has blocked mutating runbooks here; set it back to 1 in the Prefect UI to allow them"
                         ) from exc
+                    now = time.monotonic()
+                    if status in TRANSIENT_STATUSES and now < max(deadline, started + TRANSIENT_GRACE_S):
+                        time.sleep(poll_seconds)
+                        continue
                     if status != 423:
                         raise LeaseError(f"{target}: could not take lease {', '.join(names)}: {redact_text(str(exc))}") from exc
                 remaining = deadline - time.monotonic()
@@ -348,7 +357,8 @@ def release_lease(lease_id: str | UUID, timeout: float = API_TIMEOUT_S) -> None:
     except ValueError:
         raise InvalidInput(f"{lease_id!r} is not a lease id (a UUID)") from None
     try:
-        with client(timeout) as api:
+        # With the client's retries: a release lost to a busy server would hold the slots for lease_seconds.
+        with client(timeout, retries=True) as api:
             api.release_concurrency_slots_with_lease(lease_id=lease)
     except Exception as exc:  # noqa: BLE001
         raise LeaseError(f"could not release lease {lease}: {redact_text(str(exc))}") from exc
