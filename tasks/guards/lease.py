@@ -103,11 +103,8 @@ def lock_names(inventory: "Inventory | None", resources: Iterable[Resource]) -> 
     node X -> runbooks-node-X; host H -> runbooks-host-H and every node on H;
     chain C -> runbooks-chain-C and every node on C. A host or chain needs
     the inventory; a node alone does not (it is checked against the
-    inventory when one is given).
+    inventory when one is given). No resources: nothing to lock, [].
     """
-    resources = list(resources)
-    if not resources:
-        raise InvalidInput("a lease needs at least one resource")
     names: set[str] = set()
     for r in resources:
         if not isinstance(r, Resource):
@@ -156,7 +153,7 @@ class HeldLeases:
 
     resources: tuple[Resource, ...]
     names: tuple[str, ...]
-    lease_id: str
+    lease_id: str | None  # None when there was nothing to lease
     waited_s: float
     lease_seconds: float
 
@@ -241,6 +238,7 @@ def _acquire(names: list[str], limits: dict[str, int], target: str, *, wait_seco
     holder = _holder()
     started = time.monotonic()
     deadline = started + wait_seconds
+    transient = 0
     try:
         # Without the client's retries: this loop is the retry, on our deadline and poll interval.
         with client(API_TIMEOUT_S) as api:
@@ -261,13 +259,15 @@ def _acquire(names: list[str], limits: dict[str, int], target: str, *, wait_seco
                         ) from exc
                     now = time.monotonic()
                     if status in TRANSIENT_STATUSES and now < max(deadline, started + TRANSIENT_GRACE_S):
+                        transient += 1
                         time.sleep(poll_seconds)
                         continue
                     if status != 423:
                         raise LeaseError(f"{target}: could not take lease {', '.join(names)}: {redact_text(str(exc))}") from exc
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise LeaseBusy(target, time.monotonic() - started, names=names)
+                    detail = f"the Prefect API was momentarily unavailable {transient} time(s) meanwhile" if transient else ""
+                    raise LeaseBusy(target, time.monotonic() - started, detail, names=names)
                 time.sleep(min(poll_seconds, remaining))
     except LeaseError:
         raise
@@ -316,6 +316,9 @@ def leases(
     resources = tuple(resources)
     names = lock_names(inventory, resources)
     _check_seconds(wait_seconds, lease_seconds, poll_seconds)
+    if not names:  # a read-only runbook touches nothing: nothing to take, nothing to ask Prefect
+        yield HeldLeases((), (), None, 0.0, float(lease_seconds))
+        return
     target = ", ".join(str(r) for r in resources) if len(resources) > 1 or resources[0].kind != "node" else resources[0].name
 
     limits = _ensure_limits(names)
