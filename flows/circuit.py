@@ -19,6 +19,8 @@ from pydantic import Field
 
 from tasks import guards
 from tasks.errors import RunbookError
+from tasks import trigger
+from tasks.guards import Resource
 from tasks.runbook import Runbook
 from tasks.vocabulary import NodeName, Operator
 
@@ -31,18 +33,18 @@ Paused = Annotated[bool, Field(description="On: pause every alert-triggered and 
 def close_circuit(node: NodeName, operator: Operator, note: Note) -> dict:
     """Close a node's open circuit so automation may restart it again."""
     rb = Runbook.open(
-        "close-circuit", {"node": node, "operator": operator, "note": note}, node=node,
-        trigger={"kind": "manual", "operator": operator},
+        "close-circuit", {"node": node, "operator": operator, "note": note},
+        trigger.describe(note, operator=operator), [Resource("node", node)],
     )
     state = guards.circuit_state(node)
     rb.audit.state("before", {"circuit": state})
     if state != "open":
         rb.audit.guard("circuit-not-open", f"{node}: the circuit is {state}; nothing to close", node=node)
-        rb.finish("noop", f"{node}: the circuit is not open; nothing was changed")
+        rb.finish("noop", "noop", f"{node}: the circuit is not open; nothing was changed")
         return {"outcome": "noop", "node": node, "circuit": state}
     guards.close_circuit(node, operator, note, audit=rb.audit)
     rb.audit.state("after", {"circuit": guards.circuit_state(node)})
-    rb.finish("succeeded", f"{node}: circuit closed by {operator}; automatic restarts count afresh from now")
+    rb.finish("succeeded", "closed", f"{node}: circuit closed by {operator}; automatic restarts count afresh from now")
     return {"outcome": "closed", "node": node, "circuit": "closed"}
 
 
@@ -51,17 +53,17 @@ def pause_remediation(paused: Paused, reason: Reason, operator: Operator) -> dic
     """Pause (or resume) alert-triggered and scheduled remediation across the fleet."""
     rb = Runbook.open(
         "pause-remediation", {"paused": paused, "reason": reason, "operator": operator},
-        trigger={"kind": "manual", "operator": operator},
+        trigger.describe(reason, operator=operator),
     )
     before = guards.pause_state()
     rb.audit.state("before", {"paused": before.paused, "reason": before.reason, "by": before.by})
     try:
         after = guards.set_pause(paused, reason, operator)
     except RunbookError as exc:
-        rb.finish("failed", f"the pause switch was not changed: {exc}")
+        rb.finish("failed", "error", f"the pause switch was not changed: {exc}")
         raise
     rb.audit.guard("remediation-paused" if paused else "remediation-resumed", reason, by=operator)
     rb.audit.state("after", {"paused": after.paused, "reason": after.reason, "by": after.by})
     verb = "paused" if paused else "resumed"
-    rb.finish("succeeded", f"automatic remediation {verb} by {operator}: {reason}")
+    rb.finish("succeeded", verb, f"automatic remediation {verb} by {operator}: {reason}")
     return {"outcome": verb, "paused": after.paused, "reason": after.reason, "by": after.by}
