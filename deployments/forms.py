@@ -26,7 +26,7 @@ schema on the server:
   its own signature when it starts.
 
 Rerun after the inventory changes (`python -m deployments.register`, or
-`python -m deployments.forms` for this step alone) to keep the lists current.
+`python -m deployments.register --forms-only` for this step alone) to keep the lists current.
 """
 
 from __future__ import annotations
@@ -142,8 +142,3 @@ def apply(names: list[str], inventory: Inventory | None = None) -> list[str]:
         print(line)
     return lines
 
-
-if __name__ == "__main__":
-    from deployments.register import declared_deployments
-
-    apply(declared_deployments())

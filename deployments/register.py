@@ -88,4 +88,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] == ["--forms-only"]:
+        # After an inventory change: the deployments stand, only their forms' lists change.
+        forms.apply(declared_deployments())
+    else:
+        main()

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.events import emit_event
 from pydantic import Field
 
-from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from blocks import HAProxyAdmin

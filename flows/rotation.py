@@ -58,14 +58,15 @@ class HoldNode:
 
     def plan(self, rb: Runbook) -> Plan:
         _, server = _observe(rb, self.node)
+        self.drain = server is not None and server.admin_state == "ready"
         until = f"for {self.hours:g} h" if self.hours else "until released"
         steps = [f"record a hold on {self.node} by {self.operator} {until}: {self.reason}"]
-        steps.append(f"drain {self.node} from rotation" if server and server.admin_state == "ready" else "leave rotation as it is")
+        steps.append(f"drain {self.node} from rotation" if self.drain else "leave rotation as it is")
         return Plan(steps, {"admin_state": server.admin_state if server else None})
 
     def act(self, rb: Runbook, plan: Plan) -> dict:
         expires = datetime.now(timezone.utc) + timedelta(hours=self.hours) if self.hours else None
-        if plan.steps[1].startswith("drain"):
+        if self.drain:
             drain_from_rotation(rb, self.node)
         if rb.gate.allows("audit", self.node, "record the hold"):
             hold = guards.place_hold(rb.audit, self.node, self.operator, self.reason, expires)
@@ -92,15 +93,15 @@ class ReleaseNode:
         if guards.active_hold(self.node) is None:
             raise Done(Outcome.noop, "not-on-hold", f"{self.node} is not on hold (or its hold expired); nothing to release")
         self.health, server = _observe(rb, self.node)
-        back = self.health.healthy and server is not None and server.admin_state != "ready"
+        self.back = self.health.healthy and server is not None and server.admin_state != "ready"
         return Plan([f"release the hold on {self.node}",
-                     f"return {self.node} to rotation" if back else f"leave rotation as it is ({self.health.status})"],
+                     f"return {self.node} to rotation" if self.back else f"leave rotation as it is ({self.health.status})"],
                     {"status": self.health.status, "admin_state": server.admin_state if server else None})
 
     def act(self, rb: Runbook, plan: Plan) -> dict:
         if rb.gate.allows("audit", self.node, "release the hold"):
             guards.release_hold(rb.audit, self.node, self.operator, self.note)
-        if len(plan.steps) > 1 and plan.steps[1].startswith("return"):
+        if self.back:
             return_to_rotation(rb, self.node)
             raise Done(Outcome.succeeded, "released", f"{self.node}: hold released by {self.operator}; back in rotation")
         raise Done(Outcome.succeeded, "released",

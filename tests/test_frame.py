@@ -7,10 +7,8 @@ import threading
 import time
 import uuid
 
-import httpx
 import pytest
 
-import lab
 from tasks import guards
 from tasks.audit import AuditRecord, read_entries
 from tests import fleet

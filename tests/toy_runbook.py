@@ -8,6 +8,7 @@ escalation) comes from the frame: this file has no code for any of it.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from prefect import flow
@@ -54,60 +55,33 @@ def toy_restart(node: str, dry_run: bool = False, approval: bool = False, approv
 
 
 @dataclass
-class ToyChainWave:
-    """Leases a whole chain (an upgrade wave) and does nothing but record that it acted."""
+class ToyTouch:
+    """Leases one resource (a node, or a whole chain as an upgrade wave) and records when it acted."""
 
-    chain: str
-    flow = "toy-chain-wave"
+    resource: Resource
+    flow = "toy-overlap"
     needs_approval = False
 
     def parameters(self) -> dict:
-        return {"chain": self.chain}
+        return {"resource": str(self.resource)}
 
     def resources(self) -> list[Resource]:
-        return [Resource("chain", self.chain)]
+        return [self.resource]
 
     def plan(self, rb) -> Plan:
-        return Plan([f"touch every node of {self.chain}"], {})
+        return Plan([f"touch {self.resource}"], {})
 
     def act(self, rb, plan: Plan) -> dict:
-        import time
-
         start = time.monotonic()
         time.sleep(0.3)
-        ACTED.append(("chain", start, time.monotonic()))
-        raise Done(Outcome.succeeded, "waved", "done")
-
-
-@dataclass
-class ToyNodeTouch:
-    node: str
-    flow = "toy-node-touch"
-    needs_approval = False
-
-    def parameters(self) -> dict:
-        return {"node": self.node}
-
-    def resources(self) -> list[Resource]:
-        return [Resource("node", self.node)]
-
-    def plan(self, rb) -> Plan:
-        return Plan([f"touch {self.node}"], {})
-
-    def act(self, rb, plan: Plan) -> dict:
-        import time
-
-        start = time.monotonic()
-        time.sleep(0.3)
-        ACTED.append(("node", start, time.monotonic()))
+        ACTED.append((self.resource.kind, start, time.monotonic()))
         raise Done(Outcome.succeeded, "touched", "done")
 
 
-# (what, entered, left) for every act of the two overlap toys, in this process.
+# (what, entered, left) for every act of ToyTouch, in this process.
 ACTED: list[tuple[str, float, float]] = []
 
 
 @flow(name="toy-overlap")
 def toy_overlap(kind: str, name: str) -> dict:
-    procedure = ToyChainWave(name) if kind == "chain" else ToyNodeTouch(name)
-    return runbook.run(procedure, trigger.describe("toy"), lease_wait_seconds=60)
+    return runbook.run(ToyTouch(Resource(kind, name)), trigger.describe("toy"), lease_wait_seconds=60)
