@@ -1,4 +1,4 @@
-"""python -m lab up | down | status [--json] | fault NODE stall|freeze|kill|partition | heal NODE | install"""
+"""python -m lab up | down | status [--json] | fault NODE stall|freeze|kill|partition|lag | heal NODE | install"""
 
 from __future__ import annotations
 

@@ -22,13 +22,14 @@ import yaml
 from . import haproxy, netns, render, services, supervisor
 from . import topology as t
 from .install import install
-from .labnode import rpc
+from .labnode import SYNC_HELD, rpc
 from .services import Program
 from .topology import Paths
 
 UP_DEADLINE_SECONDS = 120.0  # the Prefect server takes ~20 s to start on 2 busy cores
 SUPERVISORD_STOP_SECONDS = 15.0
-FAULT_KINDS = ("stall", "freeze", "kill", "partition")
+FAULT_KINDS = ("stall", "freeze", "kill", "partition", "lag")
+PERSISTENT_FAULTS = ("partition", "lag")  # in force until healed: a restart does not clear them
 SAFE_DIR = re.compile(r"^/[A-Za-z0-9._/+-]*$")  # what the inventory accepts as a path
 
 
@@ -490,7 +491,7 @@ def _effective(fault: dict | None, info: dict) -> bool:
     if not fault:
         return False
     kind = fault["kind"]
-    if kind == "partition":
+    if kind in PERSISTENT_FAULTS:
         return True
     if kind == "kill":
         return info.get("statename") != "RUNNING"
@@ -568,7 +569,9 @@ def fault(node_name: str, kind: str) -> dict:
         raise LabError(f"unknown fault {kind!r} (one of {', '.join(FAULT_KINDS)})")
     if kind == "partition" and node.is_reference:
         raise LabError(f"{node.name} is a reference in the root namespace: partition applies to a host's nodes")
-    if kind != "partition":
+    if kind == "lag" and node.is_reference:
+        raise LabError(f"{node.name} is a reference: it follows nothing, so it cannot be held behind")
+    if kind not in PERSISTENT_FAULTS:
         # Just restarted, supervisord says STARTING for its startsecs: moments from RUNNING.
         end = time.monotonic() + 10
         while _process_info(paths, node)["statename"] == "STARTING" and time.monotonic() < end:
@@ -586,6 +589,8 @@ def fault(node_name: str, kind: str) -> dict:
         entry = {"kind": kind, "at": time.time(), "host": node.host, "pid": info.get("pid") or None, "pgid": None}
         if kind == "partition":
             netns.set_host_link(node.host, up=False)
+        elif kind == "lag":
+            (paths.datadir(node) / SYNC_HELD).write_text("held by `python -m lab fault NODE lag`; `lab heal` removes it\n")
         else:
             if info["statename"] != "RUNNING" or not info["pid"]:
                 raise LabError(f"{node.name} is {info['statename']}, not running: nothing to {kind}")
@@ -618,6 +623,8 @@ def heal(node_name: str) -> dict | None:
         kind = entry["kind"]
         if kind == "partition":
             netns.set_host_link(node.host, up=True)
+        elif kind == "lag":
+            (paths.datadir(node) / SYNC_HELD).unlink(missing_ok=True)
         elif kind == "stall":
             if info.get("pid") == entry["pid"] and info["statename"] == "RUNNING":
                 os.kill(entry["pid"], signal.SIGUSR2)

@@ -16,6 +16,11 @@ Signals
              switches interval mining off). Held in memory only, so a
              restart clears it, as a restart clears a real stuck node.
   SIGUSR2    resume.
+
+Files
+  DATADIR/sync-held  while it exists, a follower does not follow (the `lag`
+             fault). On disk, so a restart does not clear it: a node whose
+             sync source is gone restarts fine and stays behind.
   SIGTERM/INT  forwarded to anvil, which dumps its state; then exit.
 
 Exit codes: anvil's own when it dies, 127 when the anvil binary is missing.
@@ -36,6 +41,7 @@ import urllib.request
 POLL_SECONDS = 0.5
 MAX_MINE_PER_CALL = 5000
 STOP_WAIT_SECONDS = 4.0
+SYNC_HELD = "sync-held"  # the `lag` fault's file in the datadir
 
 
 def log(msg: str) -> None:
@@ -68,6 +74,7 @@ class Node:
         self.stalled = False  # wanted
         self.applied_stall: bool | None = None  # reference: what anvil was last told
         self.stopping = False
+        self.sync_held = os.path.join(args.datadir, SYNC_HELD)
 
     # signal handlers: only set flags (and forward TERM at once)
     def on_stall(self, *_):
@@ -112,7 +119,7 @@ class Node:
                 self.applied_stall = self.stalled
                 log("interval mining " + ("off (stalled)" if self.stalled else "on"))
             return
-        if self.stalled:
+        if self.stalled or os.path.exists(self.sync_held):
             return
         ref = int(rpc(self.args.reference, "eth_blockNumber"), 16)
         own = int(rpc(self.own_url, "eth_blockNumber"), 16)

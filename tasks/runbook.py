@@ -306,7 +306,7 @@ def _approve(rb: Runbook, plan: Plan, timeout_s: int) -> str:
     rb.audit.approval(status="timed-out" if decision.timed_out else ("approved" if decision.approved else "rejected"),
                       **decision.as_dict())
     if decision.timed_out:
-        raise Done(Outcome.refused, "approval-timed-out", f"nobody approved within {timeout_s}s; nothing was done")
+        raise Done(Outcome.refused, "timed-out", f"nobody approved within {timeout_s}s; nothing was done")
     if not decision.approved:
         raise Done(Outcome.refused, "rejected", f"rejected by {decision.approver}: {decision.comment or 'no comment'}; nothing was done")
     if decision.plan_hash != plan.hash:

@@ -186,6 +186,22 @@ def wait_for_events(prefect_api: str, fingerprint: str, count: int = 1, timeout:
         time.sleep(0.25)
 
 
+def events_of_alerts(prefect_api: str, fingerprints: list[str], since: str) -> dict[str, dict]:
+    """Every bridge event since a time for these alerts, read page by page: fingerprint -> event."""
+    flt = {"event": {"prefix": ["runbooks.alert."]}, "occurred": {"since": since},
+           "any_resource": {"id": [f"runbooks.alert.{fp}" for fp in fingerprints]}}
+    r = httpx.post(f"{prefect_api}/events/filter", json={"filter": flt, "limit": 50}, timeout=10)
+    found = []
+    for _ in range(100):  # pages of 50: far more than any test sends
+        r.raise_for_status()
+        page = r.json()
+        found += page["events"]
+        if not page.get("next_page"):
+            break
+        r = httpx.get(page["next_page"], timeout=10)
+    return {e["payload"]["fingerprint"]: e for e in found}
+
+
 def assert_nothing_landed(bridge: Bridge, prefect_api: str, *fingerprints: str) -> None:
     """Send a good alert after the bad ones and wait for it: by then a bad one would have landed too."""
     sentinel = uuid.uuid4().hex[:16]
@@ -310,9 +326,13 @@ def test_a_node_added_to_the_inventory_is_known_without_a_restart(bridge, prefec
     # A broken edit keeps the last good inventory rather than forgetting every node.
     bridge.inventory.write_text("nodes: [broken\n")
     fp3 = uuid.uuid4().hex[:16]
-    assert bridge.post(webhook(alert("eth-new", fingerprint=fp3))).json()["emitted"] == 1
+    said = bridge.post(webhook(alert("eth-new", fingerprint=fp3))).json()
     assert "keeping the previous one" in bridge.log.read_text()
     bridge.inventory.write_text(textwrap.dedent(INVENTORY))
+    [event] = wait_for_events(prefect_api, fp3)  # in Prefect, not only in the bridge's answer
+    assert event["id"] == said["alerts"][0]["event_id"]
+    assert event["resource"]["prefect.resource.id"] == "runbooks.node.eth-new"
+    assert_nothing_landed(bridge, prefect_api, fp)  # sent while eth-new was unknown
 
 
 # ---------------------------------------------------------------------------
@@ -515,15 +535,36 @@ v4_like = st.builds(
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
-@given(labels=label_maps, annotations=label_maps, alertname=st.text(max_size=40))
-def test_fuzz_any_text_in_an_alert_for_a_known_node_is_emitted(bridge, labels, annotations, alertname):
-    a = alert(fingerprint=uuid.uuid4().hex[:16], alertname=alertname)
-    a["labels"] = labels | {"alertname": alertname, "node": "eth-a"}
-    a["annotations"] = annotations
-    r = bridge.post(webhook(a))
-    assert r.status_code == 200, r.text
-    assert r.json()["emitted"] == 1
+def test_fuzz_any_text_in_an_alert_for_a_known_node_lands_in_prefect_as_sent(bridge, prefect_api):
+    started = datetime.now(timezone.utc).isoformat()
+    sent: dict[str, tuple[dict, str]] = {}  # fingerprint -> (alert, the event id the bridge gave it)
+
+    @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
+    @given(labels=label_maps, annotations=label_maps, alertname=st.text(max_size=40))
+    def post(labels, annotations, alertname):
+        a = alert(fingerprint=uuid.uuid4().hex[:16], alertname=alertname)
+        a["labels"] = labels | {"alertname": alertname, "node": "eth-a"}
+        a["annotations"] = annotations
+        r = bridge.post(webhook(a))
+        assert r.status_code == 200, r.text
+        [said] = r.json()["alerts"]
+        sent[a["fingerprint"]] = (a, said["event_id"])
+
+    post()
+    # What Prefect holds, not what the bridge says it emitted: every alert, once, as sent.
+    deadline = time.monotonic() + 30
+    while len(landed := events_of_alerts(prefect_api, list(sent), started)) < len(sent):
+        assert time.monotonic() < deadline, f"{len(sent) - len(landed)} of {len(sent)} events never landed"
+        time.sleep(0.5)
+    assert set(landed) == set(sent)
+    for fingerprint, (a, event_id) in sent.items():
+        event = landed[fingerprint]
+        assert event["id"] == event_id
+        assert event["event"] == "runbooks.alert.firing"
+        assert event["resource"]["prefect.resource.id"] == "runbooks.node.eth-a"
+        assert event["payload"]["alertname"] == a["labels"]["alertname"]
+        assert event["payload"]["labels"] == a["labels"]
+        assert event["payload"]["annotations"] == a["annotations"]
 
 
 @pytest.fixture(scope="module")

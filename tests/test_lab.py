@@ -124,7 +124,7 @@ def test_the_lab_records_the_checkout_that_started_it(lab):
     assert lab_api.foreign_lab() is None
 
 
-def test_this_session_holds_the_lab_alone():
+def test_this_session_holds_the_lab_alone(lab):
     import fcntl
     import os
 
@@ -217,6 +217,31 @@ def test_partition_makes_the_host_unreachable_and_heal_restores_it(lab):
     wait_until(lambda: tcp_reachable(h3["address"], 22, timeout=0.5), 5, "h3 to be reachable again")
     wait_until(lambda: head(lab["nodes"]["eth-c"]["rpc_url"]) >= head(lab["references"]["ref-eth"]["rpc_url"]) - 1,
                5, "eth-c to catch up after the partition")
+
+
+def test_lag_holds_a_follower_behind_across_a_restart_until_heal(lab):
+    node, ref = lab["nodes"]["op-a"], lab["references"]["ref-op"]
+    lab_api.fault("op-a", "lag")
+    time.sleep(0.7)  # a follow step already under way may still land
+    held_at = head(node["rpc_url"])
+    pid = lab_api.status()["nodes"]["op-a"]["pid"]
+    done = subprocess.run(["supervisorctl", "-c", node["supervisor_config"], "restart", node["program"]],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stdout + done.stderr
+    wait_until(lambda: supervisor_state(node) == "RUNNING", 5, "op-a running again")
+    st = lab_api.status()["nodes"]["op-a"]
+    assert st["pid"] != pid and st["fault"] == "lag"  # a restart does not clear it
+    wait_until(lambda: head(ref["rpc_url"]) >= held_at + 3, 6, "the reference to pull ahead")
+    time.sleep(1.2)  # several follow polls of the new process
+    assert head(node["rpc_url"]) <= held_at + 1  # restarted, answering, and still behind
+    lab_api.heal("op-a")
+    wait_until(lambda: head(node["rpc_url"]) >= head(ref["rpc_url"]) - 1, 4, "op-a to catch up")
+    assert lab_api.status()["nodes"]["op-a"]["fault"] is None
+
+
+def test_lag_is_refused_for_a_reference(lab):
+    with pytest.raises(lab_api.LabError, match="reference"):
+        lab_api.fault("ref-eth", "lag")
 
 
 # ---------------------------------------------------------------- recovery over SSH
