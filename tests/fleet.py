@@ -152,6 +152,33 @@ class automation_on:
         set_automation(False)
 
 
+class one_automation_on:
+    """`with one_automation_on(trigger=..., schedule=...):` only that trigger (by
+    automation name) and that deployment's schedules act, nothing else."""
+
+    def __init__(self, trigger: str | None = None, schedule: str | None = None):
+        self.trigger, self.schedule = trigger, schedule
+
+    def _set(self, enabled: bool) -> None:
+        from tasks import prefect_api
+
+        with prefect_api.client(30, retries=True) as client:
+            if self.trigger:
+                [a] = [a for a in client.read_automations() if a.name == self.trigger]
+                (client.resume_automation if enabled else client.pause_automation)(a.id)
+            if self.schedule:
+                d = client.read_deployment_by_name(self.schedule)
+                for s in d.schedules:
+                    client.update_deployment_schedule(d.id, s.id, active=enabled)
+
+    def __enter__(self):
+        self._set(True)
+        return self
+
+    def __exit__(self, *exc):
+        self._set(False)
+
+
 def active_alerts(node: str) -> list[dict]:
     """Alertmanager's alerts for the node that have not resolved (silenced ones included)."""
     r = httpx.get("http://127.0.0.1:19093/api/v2/alerts", params={"filter": f'node="{node}"'}, timeout=5)
