@@ -38,6 +38,13 @@ def pid(name: str) -> int | None:
     return node(name)["pid"]
 
 
+def spawns(node: str) -> int:
+    """How many times the node's host supervisord has started it: the host's own count of restarts."""
+    info = lab_api.status()["nodes"][node]
+    log = Path(info["supervisor_config"]).parent / "logs" / "supervisord.log"
+    return log.read_text().count(f"spawned: '{info['program']}' with pid")
+
+
 def head(name: str) -> int | None:
     try:
         r = httpx.post(node(name)["rpc_url"], json={"jsonrpc": "2.0", "id": 1, "method": "eth_blockNumber", "params": []},

@@ -30,13 +30,6 @@ BRIDGE = "http://127.0.0.1:19200/alerts"
 ALERTMANAGER = "http://127.0.0.1:19093/api/v2/alerts"
 
 
-def spawns(node: str) -> int:
-    """How many times the node's host supervisord has started it: the host's own count of restarts."""
-    info = fleet.node(node)
-    log = Path(info["supervisor_config"]).parent / "logs" / "supervisord.log"
-    return log.read_text().count(f"spawned: '{info['program']}' with pid")
-
-
 def alert(node: str, status: str = "firing", fingerprint: str | None = None) -> dict:
     return {
         "status": status,
@@ -93,7 +86,7 @@ def alerts_on(healthy_fleet):
 
 def test_a_stalled_node_is_alerted_on_and_recovered_with_no_human_action(alerts_on):
     node = "eth-a"
-    before = spawns(node)
+    before = fleet.spawns(node)
     fault_at = time.time()
     lab.fault(node, "stall")
     run = fleet.wait_for(lambda: next(iter(recovery_runs(node, fault_at)), None), 180, 1,
@@ -101,7 +94,7 @@ def test_a_stalled_node_is_alerted_on_and_recovered_with_no_human_action(alerts_
     assert run.state.is_completed(), run.state.message
     fleet.wait_for(lambda: fleet.status_of(node) == "healthy" and fleet.server(node).in_rotation, 30,
                    what=f"{node} healthy and in rotation")
-    assert spawns(node) == before + 1
+    assert fleet.spawns(node) == before + 1
     # The audit names the alert and the event that started the run.
     started = [e for e in read_entries(run_id=str(run.id)) if e["kind"] == "started"][0]["data"]["trigger"]
     assert started["event"] == "runbooks.alert.firing"
@@ -114,14 +107,14 @@ def test_an_alert_storm_for_one_node_restarts_it_exactly_once(alerts_on):
     node = "eth-b"
     lab.fault(node, "stall")
     fleet.wait_status(node, {"stalled"})
-    before = spawns(node)
+    before = fleet.spawns(node)
     storm_at = time.time()
     for i in range(50):  # 50 deliveries, each a different alert, spread over ~8 s
         deliver(alert(node))
         time.sleep(max(0.0, storm_at + (i + 1) * 0.16 - time.time()))
     assert time.time() - storm_at < 10.5
     runs = settle(node, storm_at)
-    assert spawns(node) == before + 1, "the host saw more (or fewer) than one restart"
+    assert fleet.spawns(node) == before + 1, "the host saw more (or fewer) than one restart"
     assert outcomes(runs).count("succeeded") == 1
 
 
@@ -132,7 +125,7 @@ def test_a_flapping_node_is_restarted_within_budget_then_escalated_once_and_left
     node = "op-b"
     budget = load_inventory().chain_of(node).restart_budget
     assert budget.max_restarts == 3
-    before = spawns(node)
+    before = fleet.spawns(node)
 
     def flap() -> dict:
         if not fleet.node(node)["fault"]:  # a refused run leaves it stalled
@@ -145,12 +138,12 @@ def test_a_flapping_node_is_restarted_within_budget_then_escalated_once_and_left
 
     results = [flap() for _ in range(budget.max_restarts)]
     assert [r["outcome"] for r in results] == ["recovered"] * budget.max_restarts
-    assert spawns(node) == before + budget.max_restarts
+    assert fleet.spawns(node) == before + budget.max_restarts
 
     pages_before = len(lab.stub_records("pagerduty"))
     assert flap()["outcome"] == "circuit-open"  # budget spent: the circuit opens, humans are told once
     assert flap()["outcome"] == "circuit-open"  # still open: no restart, no second page
-    assert spawns(node) == before + budget.max_restarts
+    assert fleet.spawns(node) == before + budget.max_restarts
     pages = lab.stub_records("pagerduty")[pages_before:]
     assert len(pages) == 1 and pages[0]["body"]["event_action"] == "trigger"
     assert guards.circuit_state(node) == "open"
@@ -160,12 +153,12 @@ def test_a_flapping_node_is_restarted_within_budget_then_escalated_once_and_left
     close_circuit(node=node, operator="alice", note="disk replaced, node stable")
     assert guards.circuit_state(node) == "closed"
     assert flap()["outcome"] == "recovered"  # counted afresh after an operator closed it
-    assert spawns(node) == before + budget.max_restarts + 1
+    assert fleet.spawns(node) == before + budget.max_restarts + 1
 
 
 def test_a_chain_wide_halt_restarts_nothing_and_escalates_once(alerts_on):
     chain_nodes = ["eth-a", "eth-b", "eth-c"]
-    before = {n: spawns(n) for n in chain_nodes}
+    before = {n: fleet.spawns(n) for n in chain_nodes}
     halt_at = time.time()
     pages_before = len(lab.stub_records("pagerduty"))
     for name in ["ref-eth", *chain_nodes]:
@@ -174,7 +167,7 @@ def test_a_chain_wide_halt_restarts_nothing_and_escalates_once(alerts_on):
         fleet.wait_for(lambda n=n: recovery_runs(n, halt_at), 180, 1, what=f"a finished node-recovery run for {n}")
     for n in chain_nodes:
         settle(n, halt_at, quiet_s=10)
-    assert {n: spawns(n) for n in chain_nodes} == before, "a node was restarted during a chain incident"
+    assert {n: fleet.spawns(n) for n in chain_nodes} == before, "a node was restarted during a chain incident"
     for n in chain_nodes:
         assert fleet.server(n).admin_state == "ready"
     pages = [p for p in lab.stub_records("pagerduty")[pages_before:] if p["body"]["event_action"] == "trigger"]
@@ -186,7 +179,7 @@ def test_a_chain_wide_halt_restarts_nothing_and_escalates_once(alerts_on):
 
 def test_with_the_pause_switch_on_alert_triggered_runs_act_on_nothing(alerts_on):
     node = "eth-c"
-    before = spawns(node)
+    before = fleet.spawns(node)
     guards.set_pause(True, "maintenance window", "alice")
     try:
         fault_at = time.time()
@@ -199,7 +192,7 @@ def test_with_the_pause_switch_on_alert_triggered_runs_act_on_nothing(alerts_on)
     assert fleet.outcome(entries)["status"] == "refused"
     assert any(e["kind"] == "guard" and e["data"]["name"] == "pause" for e in entries)
     assert "action" not in fleet.kinds(entries)
-    assert spawns(node) == before
+    assert fleet.spawns(node) == before
     assert fleet.status_of(node) == "stalled"
 
 
@@ -212,7 +205,7 @@ def test_an_alert_that_resolves_before_the_run_acts_restarts_nothing(alerts_on):
         try:
             lab.fault(node, "stall")
             fleet.wait_status(node, {"stalled"})
-            before, pid_before = spawns(node), fleet.pid(node)
+            before, pid_before = fleet.spawns(node), fleet.pid(node)
             sent_at = time.time()
             fingerprint = uuid.uuid4().hex[:16]
             deliver(alert(node, fingerprint=fingerprint))
@@ -223,7 +216,7 @@ def test_an_alert_that_resolves_before_the_run_acts_restarts_nothing(alerts_on):
             assert fleet.outcome(entries)["status"] == "noop", fleet.outcome(entries)
             assert any(e["kind"] == "guard" and e["data"]["name"] == "alert-resolved" for e in entries)
             assert "action" not in fleet.kinds(entries)  # no drain, no restart
-            assert spawns(node) == before and fleet.pid(node) == pid_before
+            assert fleet.spawns(node) == before and fleet.pid(node) == pid_before
             assert fleet.status_of(node) == "stalled" and fleet.server(node).admin_state == "ready"
             assert [r.id for r in recovery_runs(node, sent_at, final=False)] == [run.id]
         finally:

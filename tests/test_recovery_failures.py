@@ -22,19 +22,25 @@ from tests import fleet
 SHORT_DEADLINE_SECONDS = 8
 
 
-def spawns(node: str) -> int:
-    """How many times the node's host supervisord has started it."""
-    info = fleet.node(node)
-    log = Path(info["supervisor_config"]).parent / "logs" / "supervisord.log"
-    return log.read_text().count(f"spawned: '{info['program']}' with pid")
-
-
 def escalations(node: str) -> tuple[list[str], list[dict]]:
     """Slack texts and PagerDuty events about the node since the test began."""
     texts = [r["body"]["text"] for r in lab.stub_records("slack")
              if r["path"] == "/api/chat.postMessage" and node in r["body"].get("text", "")]
     pages = [r["body"] for r in lab.stub_records("pagerduty") if node in r["body"].get("dedup_key", "")]
     return texts, pages
+
+
+def recover_expecting_escalation(node: str, reason: str) -> tuple[list[dict], dict, float]:
+    """Run node-recovery for the node; it must fail and escalate. (entries, outcome, seconds)"""
+    started = time.monotonic()
+    state = node_recovery(node=node, reason=reason, return_state=True)
+    took = time.monotonic() - started
+    assert state.is_failed(), state.message
+    entries = fleet.run_entries(state)
+    outcome = fleet.outcome(entries)
+    assert outcome["status"] == "escalated", outcome
+    assert "left out of rotation" in outcome["detail"], outcome
+    return entries, outcome, took
 
 
 @pytest.fixture
@@ -54,15 +60,8 @@ def test_ssh_unreachable_during_a_recovery_fails_escalates_and_leaves_the_node_d
     node = "eth-a"  # on h1, with eth-b and eth-c (other hosts) serving lab-eth
     lab.fault(node, "partition")  # the host's link is down: no RPC, no SSH
     fleet.wait_status(node, {"down"})
-    started = time.monotonic()
-    state = node_recovery(node=node, reason="down", return_state=True)
-    took = time.monotonic() - started
-
-    assert state.is_failed(), state.message
-    entries = fleet.run_entries(state)
-    outcome = fleet.outcome(entries)
-    assert outcome["status"] == "escalated", outcome
-    assert "could not reach or restart" in outcome["detail"] and "left out of rotation" in outcome["detail"]
+    entries, outcome, took = recover_expecting_escalation(node, "down")
+    assert "could not reach or restart" in outcome["detail"]
     # Drained, and still drained: once the partition heals it must not take
     # traffic until a recovery has verified it (the operator is told so).
     assert fleet.server(node).admin_state == "drain"
@@ -81,17 +80,10 @@ def test_a_node_that_never_catches_up_stays_drained_and_escalates_after_the_dead
     node = "eth-c"
     lab.fault(node, "lag")  # its sync source is held: a restart does not bring it back
     fleet.wait_status(node, {"stalled", "lagging"})
-    before = spawns(node)
-    started = time.monotonic()
-    state = node_recovery(node=node, reason="stalled", return_state=True)
-    took = time.monotonic() - started
-
-    assert state.is_failed(), state.message
-    entries = fleet.run_entries(state)
-    outcome = fleet.outcome(entries)
-    assert outcome["status"] == "escalated", outcome
-    assert "after the deadline" in outcome["detail"] and "left out of rotation" in outcome["detail"]
-    assert spawns(node) == before + 1  # it was restarted once, on the host
+    before = fleet.spawns(node)
+    entries, outcome, took = recover_expecting_escalation(node, "stalled")
+    assert "after the deadline" in outcome["detail"]
+    assert fleet.spawns(node) == before + 1  # it was restarted once, on the host
     assert fleet.server(node).admin_state == "drain"
     assert fleet.status_of(node) in ("stalled", "lagging")
     after = [e["data"]["data"] for e in entries if e["kind"] == "state" and e["data"]["label"] == "after"]
