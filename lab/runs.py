@@ -8,7 +8,12 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+from prefect.client.schemas.filters import (
+    DeploymentFilter,
+    DeploymentFilterName,
+    FlowRunFilter,
+    FlowRunFilterExpectedStartTime,
+)
 from prefect.client.schemas.sorting import FlowRunSort
 
 from tasks import prefect_api
@@ -31,12 +36,16 @@ def set_automation(enabled: bool, schedules: bool | None = None) -> None:
 
 
 def flow_runs(deployment: str, since: float) -> list:
-    """Runs of a deployment created after `since` (epoch seconds), newest first."""
+    """Runs of a deployment due to start between `since` (epoch seconds) and now,
+    newest first. By expected start, not creation: the scheduler creates a
+    schedule's runs long before they are due, and future ones are left out so
+    they cannot crowd out the ones that ran."""
+    now = datetime.now(timezone.utc)
     with prefect_api.client(TIMEOUT_S, retries=True) as client:
-        runs = client.read_flow_runs(
+        return client.read_flow_runs(
             deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[deployment])),
+            flow_run_filter=FlowRunFilter(expected_start_time=FlowRunFilterExpectedStartTime(
+                after_=datetime.fromtimestamp(since, timezone.utc), before_=now)),
             sort=FlowRunSort.EXPECTED_START_TIME_DESC,
             limit=50,
         )
-    cutoff = datetime.fromtimestamp(since, timezone.utc)
-    return [r for r in runs if r.created and r.created >= cutoff]

@@ -1,5 +1,3 @@
-# PENDING (not collected: no test_ prefix). Written at the end of a session, not yet passing:
-# rename to tests/test_partition_heal.py once it does. See the issue 6 closing note.
 """A host cut off from the network: its nodes' recoveries fail and escalate,
 and once it is back they return to rotation on their own, except a node an
 operator holds, which stays out until released.
