@@ -58,8 +58,9 @@ def _heal_and_wait(held: dict) -> None:
         back_after = time.monotonic() - healed
         # Another full pass (soak included) after that: the held node is still left out.
         since = time.time()
-        fleet.wait_for(lambda: any(r.state and r.state.is_completed() for r in fleet.flow_runs("reconcile", since)),
-                       SOAK_S + 60, interval=1, what="one more reconcile pass")
+        [done] = fleet.wait_for(lambda: [r for r in fleet.flow_runs("reconcile", since) if r.state and r.state.is_final()][:1],
+                                SOAK_S + 60, interval=1, what="one more reconcile pass")
+        assert done.state.is_completed(), done.state
         assert fleet.server(HELD).admin_state == "drain"
     assert back_after < SOAK_S + 60
     assert fleet.status_of("eth-a") == "healthy"
