@@ -67,22 +67,45 @@ from typing import Annotated, Any, Literal
 
 import httpx
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from deployments.inventory_watch import WatchedInventory
-from tasks.events import ALERT_FIRING, ALERT_RESOLVED, node_resource
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+
+from deployments.alert_routing import (
+    DEFAULT_ROUTES,
+    NOTIFY,
+    ROUTES_ENV,
+    Route,
+    RoutesError,
+    RouteTable,
+    find_node,
+    load_routes,
+    routes_path,
+)
+from deployments.alert_routing import fingerprint as fingerprint_of
+from deployments.inventory_watch import WatchedFile, WatchedInventory
+from tasks.events import ALERT_FIRING, ALERT_RESOLVED, ALERT_RUNBOOKS, ALERT_UNROUTABLE, node_resource
 from inventory import Inventory, InventoryError, inventory_path
 
 log = logging.getLogger("runbooks.alert_bridge")
 
 FIRING_EVENT = ALERT_FIRING
 RESOLVED_EVENT = ALERT_RESOLVED
+UNROUTABLE_EVENT = ALERT_UNROUTABLE
 DEFAULT_MAX_BODY_BYTES = 1 << 20
 WEBHOOK_PATH = "/alerts"
 # A fixed namespace: the same alert state maps to the same event id in every
 # bridge replica and across restarts.
 EVENT_ID_NAMESPACE = uuid.UUID("6f0f5a4e-1c2b-4d8e-9a57-3c1e0b7d2a90")
+
+
+# What became of each alert, for Prometheus: an alert that starts nothing is
+# counted, so "the bridge dropped it" is a graph and an alert, not a log grep.
+METRICS = CollectorRegistry()
+ALERTS = Counter("runbooks_bridge_alerts", "Alerts received, by what became of them "
+                 "(routed: to a runbook or notify; unroutable: no node or no route; malformed)",
+                 ["outcome", "runbook"], registry=METRICS)
 
 
 class BridgeConfigError(SystemExit):
@@ -170,6 +193,7 @@ class BridgeConfig:
     prefect_api_url: str
     credentials: Credentials
     inventory_path: Path
+    routes_path: Path = field(default_factory=routes_path)
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     prefect_auth_header: str | None = None  # never logged
     # Prefect is local or near: a slow answer is an outage, and Alertmanager retries.
@@ -178,10 +202,11 @@ class BridgeConfig:
 
     def __repr__(self) -> str:
         return (f"BridgeConfig(prefect_api_url={self.prefect_api_url!r}, inventory={str(self.inventory_path)!r}, "
-                f"max_body_bytes={self.max_body_bytes}, {self.credentials!r})")
+                f"routes={str(self.routes_path)!r}, max_body_bytes={self.max_body_bytes}, {self.credentials!r})")
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None, inventory: str | None = None) -> "BridgeConfig":
+    def from_env(cls, env: dict[str, str] | None = None, inventory: str | None = None,
+                 routes: str | None = None) -> "BridgeConfig":
         env = dict(os.environ if env is None else env)
         api = (env.get("PREFECT_API_URL") or "").rstrip("/")
         if not api:
@@ -204,6 +229,7 @@ class BridgeConfig:
             prefect_api_url=api,
             credentials=Credentials.from_env(env),
             inventory_path=inventory_path(inventory),
+            routes_path=Path(routes or env.get(ROUTES_ENV) or DEFAULT_ROUTES),
             max_body_bytes=int(raw_limit),
             prefect_auth_header=auth_header,
         )
@@ -238,15 +264,26 @@ class WebhookAlert(BaseModel):
     startsAt: Timestamp
     endsAt: Timestamp | None = None
     generatorURL: str = ""
-    fingerprint: str = Field(pattern=r"^[A-Za-z0-9._:-]{1,128}$")
+    # Senders other than Alertmanager (amtool, scripts, other bridges) often
+    # leave it out: it is then computed from the labels as Alertmanager does.
+    fingerprint: str = Field("", pattern=r"^([A-Za-z0-9._:-]{1,128})?$")
+
+    @model_validator(mode="after")
+    def _fingerprint_from_labels(self) -> "WebhookAlert":
+        if not self.fingerprint:
+            object.__setattr__(self, "fingerprint", fingerprint_of(self.labels))
+        return self
 
 
 class WebhookV4(BaseModel):
+    """The envelope. Its alerts are validated one by one (`parse_alert`): one
+    malformed alert in a group must not cost the others their runbook."""
+
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     version: Literal["4"]
     status: Literal["firing", "resolved"]
-    alerts: list[WebhookAlert]
+    alerts: list[Any]
     receiver: str = ""
     groupKey: str = ""
     truncatedAlerts: Annotated[int, Field(ge=0)] = 0
@@ -254,6 +291,14 @@ class WebhookV4(BaseModel):
     commonLabels: Labels = {}
     commonAnnotations: Labels = {}
     externalURL: str = ""
+
+
+def parse_alert(raw: Any) -> tuple[WebhookAlert | None, str]:
+    """(the alert, "") or (None, what is wrong with it)."""
+    try:
+        return WebhookAlert.model_validate(raw), ""
+    except ValidationError as exc:
+        return None, "; ".join(f"{'.'.join(map(str, e['loc'])) or 'alert'}: {e['msg']}" for e in exc.errors()[:5])
 
 
 def _short(text: str, limit: int = 80) -> str:
@@ -266,63 +311,124 @@ def _short(text: str, limit: int = 80) -> str:
 # Alerts -> events
 # ---------------------------------------------------------------------------
 
-def event_id(alert: WebhookAlert) -> str:
+def event_id(alert: WebhookAlert, kind: str = "") -> str:
     """The same alert state always gets the same id, so Prefect drops repeats."""
-    return str(uuid.uuid5(EVENT_ID_NAMESPACE, f"{alert.fingerprint}|{alert.status}|{alert.startsAt}"))
+    return str(uuid.uuid5(EVENT_ID_NAMESPACE, f"{kind}{alert.fingerprint}|{alert.status}|{alert.startsAt}"))
 
 
-def alert_event(alert: WebhookAlert, node: str, chain: str, occurred: datetime) -> dict[str, Any]:
+def _alert_fields(alert: WebhookAlert) -> dict[str, Any]:
+    return {"alertname": alert.labels.get("alertname", ""), "fingerprint": alert.fingerprint, "status": alert.status,
+            "startsAt": alert.startsAt, "endsAt": alert.endsAt, "labels": dict(alert.labels),
+            "annotations": dict(alert.annotations)}
+
+
+def alert_event(alert: WebhookAlert, node: str, chain: str, route: Route, reason: str, found_by: str,
+                occurred: datetime) -> dict[str, Any]:
+    """The alert on the node's resource. Only a route to a runbook names it as
+    the remediation (the label its trigger matches); a `notify` route does not."""
     alertname = alert.labels.get("alertname", "")
+    runbook = None if route.runbook == NOTIFY else route.runbook
+    resource = node_resource(node, chain, problem=reason if runbook else None)
     return {
         "id": event_id(alert),
         "occurred": occurred.isoformat(),
         "event": FIRING_EVENT if alert.status == "firing" else RESOLVED_EVENT,
-        "resource": node_resource(node, chain, problem=alert.labels.get("reason")),
+        "resource": resource,
         "related": [{
             "prefect.resource.id": f"runbooks.alert.{alert.fingerprint}",
             "prefect.resource.role": "alert",
             "prefect.resource.name": alertname[:200] or alert.fingerprint,
         }],
         "payload": {
-            "alertname": alertname,
-            "severity": alert.labels.get("severity"),
-            "reason": alert.labels.get("reason") or alertname,
-            "problem": alert.labels.get("reason") or alertname,
-            "fingerprint": alert.fingerprint,
-            "status": alert.status,
-            "startsAt": alert.startsAt,
-            "endsAt": alert.endsAt,
-            "labels": dict(alert.labels),
-            "annotations": dict(alert.annotations),
+            **_alert_fields(alert),
+            "severity": route.severity or alert.labels.get("severity"),
+            "reason": reason,
+            "problem": reason,
+            "runbook": route.runbook,
+            "route": route.describe(),
+            "node_found_by": found_by,
         },
     }
 
 
-def route_alerts(webhook: WebhookV4, inventory: Inventory) -> tuple[list[dict], list[dict]]:
-    """(events to emit, per-alert outcomes). Only inventory nodes become events."""
+def unroutable_event(why: str, occurred: datetime, alert: WebhookAlert | None = None, raw: Any = None,
+                     node: str | None = None) -> dict[str, Any]:
+    """A record of an alert that starts nothing, where an operator finds it:
+    `runbooks.bridge.unroutable` in the event feed, on the alert's resource."""
+    if alert is not None:
+        ident, name, fields = event_id(alert, "unroutable|"), alert.labels.get("alertname", ""), _alert_fields(alert)
+        resource_id = f"runbooks.alert.{alert.fingerprint}"
+    else:  # malformed: no fingerprint to trust, so the id comes from what was sent
+        text = json.dumps(raw, sort_keys=True, ensure_ascii=False, default=str)
+        ident = str(uuid.uuid5(EVENT_ID_NAMESPACE, f"malformed|{text}"))
+        name, fields, resource_id = "", {"alert": text[:1000]}, "runbooks.alert.malformed"
+    event = {
+        "id": ident,
+        "occurred": occurred.isoformat(),
+        "event": UNROUTABLE_EVENT,
+        "resource": {"prefect.resource.id": resource_id, "prefect.resource.name": name[:200] or resource_id},
+        "payload": {"why": why, **fields},
+    }
+    if node:
+        event["related"] = [{"prefect.resource.id": f"runbooks.node.{node}", "prefect.resource.role": "node"}]
+    return event
+
+
+@dataclass
+class Routed:
+    """What became of one webhook: the events to send, and per alert what happened."""
+
+    events: list[dict] = field(default_factory=list)
+    outcomes: list[dict] = field(default_factory=list)
+    counts: list[tuple[str, str]] = field(default_factory=list)  # (outcome, runbook) for the metric
+
+
+def route_alerts(webhook: WebhookV4, inventory: Inventory, table: RouteTable) -> Routed:
+    """Every alert becomes an event: on its node when a route and a node are
+    found, else a `runbooks.bridge.unroutable` record saying why."""
     now = datetime.now(timezone.utc)
-    events, outcomes = [], []
-    for alert in webhook.alerts:
-        node = alert.labels.get("node")
-        outcome = {"fingerprint": alert.fingerprint, "alertname": alert.labels.get("alertname", ""),
-                   "status": alert.status, "node": node}
-        if not node:
-            outcome["outcome"] = "ignored: no node label"
-        elif node not in inventory.nodes:
-            outcome["outcome"] = "ignored: node not in inventory"
-        else:
-            chain = inventory.nodes[node].chain
+    out = Routed()
+    for raw in webhook.alerts:
+        alert, problem = parse_alert(raw)
+        if alert is None:
+            event = unroutable_event(f"malformed alert: {problem}", now, raw=raw)
+            out.events.append(event)
+            out.outcomes.append({"outcome": "rejected", "why": problem, "event_id": event["id"]})
+            out.counts.append(("malformed", ""))
+            log.warning("rejected a malformed alert: %s", _short(problem, 300))
+            continue
+        alertname = alert.labels.get("alertname", "")
+        outcome = {"fingerprint": alert.fingerprint, "alertname": alertname, "status": alert.status}
+        match = find_node(alert.labels, table, inventory)
+        route = table.route(alert.labels)
+        reason = ((route.reason if route else None) or alert.labels.get("reason") or alertname)
+        why = None
+        if match.node is None:
+            why = match.how
+        elif route is None:
+            why = "no route matches the alert (add one to the routing table)"
+        elif route.runbook in ALERT_RUNBOOKS and reason not in ALERT_RUNBOOKS[route.runbook]:
+            why = (f"the route ({route.describe()}) starts {route.runbook}, which handles "
+                   f"{', '.join(sorted(ALERT_RUNBOOKS[route.runbook]))}, and the alert's reason is {reason!r}")
+        outcome["node"] = match.node
+        if why is None:
+            chain = inventory.nodes[match.node].chain
             if alert.labels.get("chain") not in (None, chain):
                 log.warning("alert %s names chain %s for %s, the inventory says %s; using the inventory",
-                            alert.fingerprint, _short(alert.labels["chain"]), node, chain)
-            event = alert_event(alert, node, chain, now)
-            events.append(event)
-            outcome.update(outcome="emitted", event=event["event"], event_id=event["id"])
-        if outcome["outcome"] != "emitted":
-            log.warning("alert %s (%s, %s) not emitted: %s (node=%s)", alert.fingerprint,
-                        _short(outcome["alertname"]), alert.status, outcome["outcome"], _short(node or ""))
-        outcomes.append(outcome)
-    return events, outcomes
+                            alert.fingerprint, _short(alert.labels["chain"]), match.node, chain)
+            event = alert_event(alert, match.node, chain, route, reason, match.how, now)
+            outcome.update(outcome="emitted", runbook=route.runbook, reason=reason, found_by=match.how)
+            out.counts.append(("routed", route.runbook))
+        else:
+            event = unroutable_event(why, now, alert=alert, node=match.node)
+            outcome.update(outcome="unroutable", why=why)
+            out.counts.append(("unroutable", ""))
+            log.warning("alert %s (%s, %s) starts nothing: %s", alert.fingerprint, _short(alertname),
+                        alert.status, _short(why, 300))
+        outcome.update(event=event["event"], event_id=event["id"])
+        out.events.append(event)
+        out.outcomes.append(outcome)
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -390,6 +496,7 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 def create_app(config: BridgeConfig) -> FastAPI:
     inventory = WatchedInventory(config.inventory_path)
+    routes = WatchedFile(config.routes_path, load_routes, RoutesError, "alert routes")
     prefect = PrefectEvents(config)
 
     @asynccontextmanager
@@ -431,18 +538,28 @@ def create_app(config: BridgeConfig) -> FastAPI:
         if webhook.truncatedAlerts:
             log.warning("Alertmanager truncated %d alerts of group %s (max_alerts)",
                         webhook.truncatedAlerts, _short(webhook.groupKey))
-        events, outcomes = route_alerts(webhook, inventory.current())
-        if events:
+        routed = route_alerts(webhook, inventory.current(), routes.current())
+        if routed.events:
             try:
-                await prefect.emit(events)
+                await prefect.emit(routed.events)
             except PrefectUnavailable as exc:
-                log.error("%d events not delivered, answering 503 so Alertmanager retries: %s", len(events), exc)
+                log.error("%d events not delivered, answering 503 so Alertmanager retries: %s",
+                          len(routed.events), exc)
                 return refuse(503, "Prefect unavailable, retry later", **{"Retry-After": "5"})
-            for event in events:
-                log.info("emitted %s for %s (alert %s, reason %s)", event["event"],
+        for outcome, runbook in routed.counts:  # counted once delivered: a retried webhook is not counted twice
+            ALERTS.labels(outcome=outcome, runbook=runbook).inc()
+        for event in routed.events:
+            if event["event"] != UNROUTABLE_EVENT:
+                log.info("emitted %s for %s (alert %s, %s, reason %s)", event["event"],
                          event["resource"]["runbooks.node"], event["payload"]["fingerprint"],
-                         _short(event["payload"]["reason"]))
-        return {"received": len(webhook.alerts), "emitted": len(events), "alerts": outcomes}
+                         event["payload"]["runbook"], _short(event["payload"]["reason"]))
+        emitted = sum(o["outcome"] == "emitted" for o in routed.outcomes)
+        return {"received": len(webhook.alerts), "emitted": emitted,
+                "unroutable": len(routed.outcomes) - emitted, "alerts": routed.outcomes}
+
+    @app.get("/metrics")
+    async def metrics():
+        return Response(generate_latest(METRICS), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz")
     async def healthz():
@@ -460,6 +577,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=19200)
     parser.add_argument("--inventory", help="inventory file (default: $RUNBOOKS_INVENTORY or inventory.yaml)")
+    parser.add_argument("--routes", help=f"alert routing table (default: ${ROUTES_ENV} or {DEFAULT_ROUTES.name})")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     args = parser.parse_args(argv)
     # Our own handler: importing Prefect has already configured the root logger.
@@ -470,10 +588,10 @@ def main(argv: list[str] | None = None) -> None:
     ours.setLevel(args.log_level.upper())
     ours.propagate = False
 
-    config = BridgeConfig.from_env(inventory=args.inventory)
+    config = BridgeConfig.from_env(inventory=args.inventory, routes=args.routes)
     try:
         app = create_app(config)
-    except InventoryError as exc:
+    except (InventoryError, RoutesError) as exc:
         raise BridgeConfigError(str(exc)) from None
 
     import uvicorn

@@ -147,6 +147,9 @@ class Node(Strict):
     service: Service
     rpc_url: HttpUrl
     health_url: HttpUrl | None = Field(None, description="Client health endpoint (Erigon /health, op-node RPC, ...)")
+    # Where Prometheus scrapes the client (Geth/Erigon :6060, Nethermind :9545, ...):
+    # operators' alerts name a node by this `instance`, so the bridge matches it.
+    metrics_url: HttpUrl | None = Field(None, description="Client metrics endpoint")
     datadir: SafePath
     lb: LoadBalancerRef | None = None
     role: Role = Role.rpc

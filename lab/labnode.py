@@ -23,6 +23,12 @@ Files
              sync source is gone restarts fine and stays behind.
   SIGTERM/INT  forwarded to anvil, which dumps its state; then exit.
 
+Metrics
+  With --metrics-port, serves /debug/metrics/prometheus on the node's address
+  as Geth and Erigon do on :6060 (`chain_head_block`), from this process: a
+  killed or frozen node's metrics go with it, so a scrape of them fails as a
+  real client's does. Operators' own rules (`up == 0`) watch exactly that.
+
 Exit codes: anvil's own when it dies, 127 when the anvil binary is missing.
 """
 
@@ -35,8 +41,10 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 POLL_SECONDS = 0.5
 MAX_MINE_PER_CALL = 5000
@@ -64,6 +72,37 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except OSError:
         pass
+
+
+METRICS_PATH = "/debug/metrics/prometheus"  # Geth's and Erigon's
+
+
+def serve_metrics(host: str, port: int, own_url: str) -> None:
+    """A client-style metrics endpoint in a daemon thread of this process."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path != METRICS_PATH:
+                self.send_error(404)
+                return
+            try:
+                head = int(rpc(own_url, "eth_blockNumber", timeout=0.5), 16)
+            except Exception:  # noqa: BLE001 - anvil not answering: no head to report
+                self.send_error(503)
+                return
+            body = f"# TYPE chain_head_block gauge\nchain_head_block {head}\n".encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):  # one line per scrape would drown the node's log
+            pass
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
 
 
 class Node:
@@ -138,6 +177,8 @@ class Node:
         signal.signal(signal.SIGTERM, self.on_stop)
         signal.signal(signal.SIGINT, self.on_stop)
         self.start_anvil()
+        if self.args.metrics_port:
+            serve_metrics(self.args.host, self.args.metrics_port, self.own_url)
         last_error = ""
         while True:
             if self.stopping:
@@ -174,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--datadir", required=True)
     p.add_argument("--mode", choices=("reference", "follower"), required=True)
     p.add_argument("--reference", help="reference RPC URL (follower mode)")
+    p.add_argument("--metrics-port", type=int, help="serve client-style metrics on this port")
     args = p.parse_args(argv)
     if args.mode == "follower" and not args.reference:
         p.error("--reference is required in follower mode")

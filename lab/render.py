@@ -68,6 +68,7 @@ def inventory(paths: Paths) -> dict:
             "host": n.host,
             "service": {"manager": "supervisor", "name": n.name},
             "rpc_url": t.rpc_url(n),
+            "metrics_url": t.metrics_url(n),
             "datadir": str(paths.datadir(n)),
             "lb": {"balancer": t.INVENTORY_LB, "backend": t.CHAINS[n.chain].backend, "server": n.name},
             "role": "rpc",

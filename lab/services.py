@@ -141,7 +141,8 @@ def node_program(paths: Paths, node: t.LabNode) -> Program:
     if node.is_reference:
         argv += ["--mode", "reference"]
     else:
-        argv += ["--mode", "follower", "--reference", t.reference_url(node.chain)]
+        argv += ["--mode", "follower", "--reference", t.reference_url(node.chain),
+                 "--metrics-port", str(chain.metrics_port)]
     return Program(
         name=node.name,
         argv=argv,
@@ -252,6 +253,23 @@ def prefect_programs(paths: Paths) -> list[Program]:
     return [server, worker]
 
 
+COMMUNITY_RULES = Path(__file__).with_name("community_rules.yml")
+
+
+def lab_prometheus_config(shipped: str) -> str:
+    """The shipped Prometheus config plus what an operator's own has: a scrape
+    of every node's client metrics (only an `instance` label names the node)
+    and a rule of their own on it (lab/community_rules.yml)."""
+    import yaml
+
+    config = yaml.safe_load(shipped)
+    config["rule_files"].append(str(COMMUNITY_RULES))
+    targets = [f"{t.node_address(n)}:{t.CHAINS[n.chain].metrics_port}" for n in t.NODES.values()]
+    config["scrape_configs"].append({"job_name": "clients", "metrics_path": "/debug/metrics/prometheus",
+                                     "static_configs": [{"targets": targets}]})
+    return yaml.safe_dump(config, sort_keys=False)
+
+
 def alerting_programs(paths: Paths) -> list[Program]:
     """The alert path: exporter -> Prometheus (shipped rules) -> Alertmanager -> bridge -> Prefect events."""
     from deployments import templates
@@ -266,8 +284,8 @@ def alerting_programs(paths: Paths) -> list[Program]:
         (alerting / "prometheus-data").mkdir(parents=True, exist_ok=True)
         (alerting / "alertmanager-data").mkdir(parents=True, exist_ok=True)
         write_bridge_token(paths.root, token_file)
-        prometheus_yml.write_text(templates.render_prometheus_config(
-            f"{local}:{t.EXPORTER_PORT}", f"{local}:{t.ALERTMANAGER_PORT}"))
+        prometheus_yml.write_text(lab_prometheus_config(templates.render_prometheus_config(
+            f"{local}:{t.EXPORTER_PORT}", f"{local}:{t.ALERTMANAGER_PORT}")))
         alertmanager_yml.write_text(templates.render_alertmanager_config(
             f"http://{local}:{t.BRIDGE_PORT}/alerts", token_file))
 

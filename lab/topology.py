@@ -71,6 +71,7 @@ class LabChain:
     reference: str  # name of the reference node
     backend: str  # HAProxy backend
     frontend_port: int  # HAProxy frontend on 127.0.0.1
+    metrics_port: int  # the node's client-style metrics (Geth's :6060); two chains share a host
 
 
 @dataclass(frozen=True)
@@ -96,8 +97,8 @@ HOSTS: dict[str, LabHost] = {
 CHAINS: dict[str, LabChain] = {
     c.name: c
     for c in (
-        LabChain("lab-eth", "ethereum", 31337, 8545, "ref-eth", "eth_rpc", 18545),
-        LabChain("lab-op", "optimism", 31338, 9545, "ref-op", "op_rpc", 19545),
+        LabChain("lab-eth", "ethereum", 31337, 8545, "ref-eth", "eth_rpc", 18545, 6060),
+        LabChain("lab-op", "optimism", 31338, 9545, "ref-op", "op_rpc", 19545, 6061),
     )
 }
 
@@ -137,6 +138,10 @@ def node_address(node: LabNode) -> str:
 
 def rpc_url(node: LabNode) -> str:
     return f"http://{node_address(node)}:{CHAINS[node.chain].rpc_port}"
+
+
+def metrics_url(node: LabNode) -> str:
+    return f"http://{node_address(node)}:{CHAINS[node.chain].metrics_port}/debug/metrics/prometheus"
 
 
 def reference_url(chain: str) -> str:

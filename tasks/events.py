@@ -12,11 +12,15 @@ NODE_UNHEALTHY = "runbooks.node.unhealthy"  # fleet-health found a sick node
 NODE_OUT_OF_ROTATION = "runbooks.node.out-of-rotation"  # healthy, but its load balancer sends it nothing
 ALERT_FIRING = "runbooks.alert.firing"  # Alertmanager, through the bridge
 ALERT_RESOLVED = "runbooks.alert.resolved"
+ALERT_UNROUTABLE = "runbooks.bridge.unroutable"  # an alert that names no node or matches no route
 
 
 # Problems node-recovery answers; anything else (disk filling, ...) is for
 # other runbooks and must not restart a node.
 RECOVERABLE_PROBLEMS = frozenset({"down", "stalled", "lagging"})
+# The runbooks an alert may start (the bridge's routing table names them) and
+# the reasons each one takes; each has an event trigger in prefect.yaml.
+ALERT_RUNBOOKS: dict[str, frozenset[str]] = {"node-recovery": RECOVERABLE_PROBLEMS}
 
 
 def node_resource(node: str, chain: str, problem: str | None = None) -> dict[str, str]:

@@ -52,7 +52,15 @@ nodes:
     host: h1
     service: {manager: supervisor, name: eth-a}
     rpc_url: http://127.0.0.1:9/
+    metrics_url: http://127.0.0.1:6060/debug/metrics/prometheus
     datadir: /var/tmp/eth-a
+  eth-b:
+    chain: lab-eth
+    client: anvil
+    host: h1
+    service: {manager: supervisor, name: eth-b}
+    rpc_url: http://127.0.0.1:10/
+    datadir: /var/tmp/eth-b
 """
 
 NODE_ENTRY = """
@@ -152,7 +160,7 @@ def webhook(*alerts: dict) -> dict:
         "version": "4",
         "groupKey": '{}:{alertname="NodeStalled", node="eth-a"}',
         "truncatedAlerts": 0,
-        "status": "firing" if any(a["status"] == "firing" for a in alerts) else "resolved",
+        "status": "firing" if any(a.get("status") == "firing" for a in alerts) else "resolved",
         "receiver": "runbooks-bridge",
         "groupLabels": {"alertname": "NodeStalled"},
         "commonLabels": {},
@@ -175,6 +183,30 @@ def events(prefect_api: str, fingerprint: str | None = None, since: str | None =
     r = httpx.post(f"{prefect_api}/events/filter", json={"filter": flt, "limit": 50}, timeout=10)
     r.raise_for_status()
     return r.json()["events"]
+
+
+def wait_for_unroutable(prefect_api: str, fingerprint: str, timeout: float = 20) -> list[dict]:
+    """The bridge's records of an alert that started nothing."""
+    flt = {"event": {"name": ["runbooks.bridge.unroutable"]}, "resource": {"id": [f"runbooks.alert.{fingerprint}"]}}
+    deadline = time.monotonic() + timeout
+    while True:
+        r = httpx.post(f"{prefect_api}/events/filter", json={"filter": flt, "limit": 10}, timeout=10)
+        r.raise_for_status()
+        if (found := r.json()["events"]) or time.monotonic() > deadline:
+            return found
+        time.sleep(0.25)
+
+
+def wait_for_event_id(prefect_api: str, event_id: str, timeout: float = 20) -> dict:
+    flt = {"id": {"id": [event_id]}, "occurred": {"since": "2000-01-01T00:00:00Z"}}
+    deadline = time.monotonic() + timeout
+    while True:
+        r = httpx.post(f"{prefect_api}/events/filter", json={"filter": flt, "limit": 1}, timeout=10)
+        r.raise_for_status()
+        if found := r.json()["events"]:
+            return found[0]
+        assert time.monotonic() < deadline, f"event {event_id} never landed"
+        time.sleep(0.25)
 
 
 def wait_for_events(prefect_api: str, fingerprint: str, count: int = 1, timeout: float = 20) -> list[dict]:
@@ -246,6 +278,9 @@ def test_a_firing_alert_for_a_known_node_becomes_one_event_on_the_node(bridge, p
         "endsAt": a["endsAt"],
         "labels": a["labels"],
         "annotations": a["annotations"],
+        "runbook": "node-recovery",
+        "route": 'alertname="NodeStalled"',
+        "node_found_by": "label node",
     }
 
 
@@ -272,12 +307,13 @@ def test_a_resolved_alert_becomes_a_resolved_event(bridge, prefect_api):
     assert resolved["payload"]["endsAt"] == "2026-11-21T08:05:00Z"
 
 
-def test_reason_falls_back_to_the_alert_name(bridge, prefect_api):
+def test_the_route_gives_the_reason_when_the_alert_has_none(bridge, prefect_api):
     a = alert(fingerprint=uuid.uuid4().hex[:16], alertname="NodeDown")
     del a["labels"]["reason"]
     assert bridge.post(webhook(a)).status_code == 200
     [event] = wait_for_events(prefect_api, a["fingerprint"])
-    assert event["payload"]["reason"] == "NodeDown"
+    assert event["payload"]["reason"] == "down"
+    assert event["resource"]["runbooks.remediation"] == "node-recovery"
 
 
 def test_a_repeated_notification_of_the_same_alert_is_one_event(bridge, prefect_api):
@@ -295,9 +331,10 @@ def test_only_the_known_nodes_of_a_group_are_emitted(bridge, prefect_api):
     r = bridge.post(webhook(alert(fingerprint=known), alert("no-such-node", fingerprint=unknown),
                             alert(None, fingerprint=unlabelled)))
     assert r.status_code == 200
-    outcomes = {o["fingerprint"]: o["outcome"] for o in r.json()["alerts"]}
-    assert outcomes == {known: "emitted", unknown: "ignored: node not in inventory",
-                        unlabelled: "ignored: no node label"}
+    outcomes = {o["fingerprint"]: (o["outcome"], o.get("why")) for o in r.json()["alerts"]}
+    assert outcomes == {known: ("emitted", None),
+                        unknown: ("unroutable", "node='no-such-node' is not an inventory node"),
+                        unlabelled: ("unroutable", "no node: none of the labels node, instance is set")}
     assert len(wait_for_events(prefect_api, known)) == 1
     assert_nothing_landed(bridge, prefect_api, unknown, unlabelled)
 
@@ -307,10 +344,14 @@ def test_an_alert_for_an_unknown_node_is_answered_200_and_not_emitted(bridge, pr
     r = bridge.post(webhook(alert("eth-zz", fingerprint=fp)))
     assert r.status_code == 200
     assert r.json()["emitted"] == 0
-    assert r.json()["alerts"][0] == {"fingerprint": fp, "alertname": "NodeStalled", "status": "firing",
-                                     "node": "eth-zz", "outcome": "ignored: node not in inventory"}
+    said = r.json()["alerts"][0]
+    assert {k: said[k] for k in ("fingerprint", "alertname", "status", "node", "outcome", "why", "event")} == {
+        "fingerprint": fp, "alertname": "NodeStalled", "status": "firing", "node": None, "outcome": "unroutable",
+        "why": "node='eth-zz' is not an inventory node", "event": "runbooks.bridge.unroutable"}
     assert "eth-zz" in bridge.log.read_text()  # logged for the operator
     assert_nothing_landed(bridge, prefect_api, fp)
+    [record] = wait_for_unroutable(prefect_api, fp)  # and recorded where an operator looks
+    assert record["id"] == said["event_id"] and record["payload"]["why"] == said["why"]
 
 
 def test_a_node_added_to_the_inventory_is_known_without_a_restart(bridge, prefect_api):
@@ -392,12 +433,9 @@ def test_text_that_is_not_valid_unicode_is_refused_with_400(bridge, prefect_api)
 @pytest.mark.parametrize("mutate", [
     lambda w: w.update(version="3"),
     lambda w: w.pop("alerts"),
-    lambda w: w["alerts"][0].update(status="exploded"),
-    lambda w: w["alerts"][0]["labels"].update(node=7),
-    lambda w: w["alerts"][0].update(startsAt="yesterday"),
-    lambda w: w["alerts"][0].pop("fingerprint"),
-    lambda w: w["alerts"].append("not an alert"),
-], ids=["version-3", "no-alerts", "bad-status", "int-label", "bad-time", "no-fingerprint", "junk-alert"])
+    lambda w: w.update(alerts={"0": w["alerts"][0]}),
+    lambda w: w.update(status="exploded"),
+], ids=["version-3", "no-alerts", "alerts-not-a-list", "bad-group-status"])
 def test_a_body_that_is_not_a_v4_webhook_is_refused_with_400_and_nothing_is_emitted(bridge, prefect_api, mutate):
     fp = uuid.uuid4().hex[:16]
     body = webhook(alert(fingerprint=fp), alert(fingerprint=fp + "b"))
@@ -406,6 +444,102 @@ def test_a_body_that_is_not_a_v4_webhook_is_refused_with_400_and_nothing_is_emit
     assert r.status_code == 400, r.text
     assert "v4" in r.json()["error"]
     assert_nothing_landed(bridge, prefect_api, fp, fp + "b")
+
+
+@pytest.mark.parametrize("break_it", [
+    lambda a: a.update(status="exploded"),
+    lambda a: a["labels"].update(node=7),
+    lambda a: a.update(startsAt="yesterday"),
+    lambda a: a.update(fingerprint="not a fingerprint!"),
+    lambda a: a.clear() or a.update(junk="not an alert"),
+], ids=["bad-status", "int-label", "bad-time", "bad-fingerprint", "junk-alert"])
+def test_one_malformed_alert_in_a_group_does_not_cost_the_others_their_runbook(bridge, prefect_api, break_it):
+    good, bad = alert(fingerprint=uuid.uuid4().hex[:16]), alert(fingerprint=uuid.uuid4().hex[:16])
+    break_it(bad)
+    r = bridge.post(webhook(bad, good))
+    assert r.status_code == 200, r.text  # a 4xx would make Alertmanager drop the good one too
+    rejected, emitted = r.json()["alerts"]
+    assert emitted["fingerprint"] == good["fingerprint"] and emitted["outcome"] == "emitted"
+    assert rejected["outcome"] == "rejected" and rejected["why"]
+    assert len(wait_for_events(prefect_api, good["fingerprint"])) == 1
+    record = wait_for_event_id(prefect_api, rejected["event_id"])
+    assert record["event"] == "runbooks.bridge.unroutable" and record["payload"]["why"].startswith("malformed alert")
+    assert "rejected a malformed alert" in bridge.log.read_text()
+
+
+def test_an_alert_without_a_fingerprint_gets_the_one_alertmanager_would_give_it(bridge, prefect_api):
+    from deployments.alert_routing import fingerprint
+
+    a = alert(alertname=f"NodeDown-{uuid.uuid4().hex[:6]}", reason="down")
+    del a["fingerprint"]
+    r = bridge.post(webhook(a))
+    [said] = r.json()["alerts"]
+    assert said["outcome"] == "emitted" and said["fingerprint"] == fingerprint(a["labels"])
+    assert len(wait_for_events(prefect_api, said["fingerprint"])) == 1
+
+
+# ---------------------------------------------------------------------------
+# Alerts as operators write them: instance labels, their own names, no route
+# ---------------------------------------------------------------------------
+
+def operator_alert(alertname: str, **labels: str) -> dict:
+    """As public rule sets send them: alertname, instance, job, severity; no node, no reason."""
+    a = alert(None, alertname=alertname, fingerprint=uuid.uuid4().hex[:16], **labels)
+    for ours in ("chain", "reason"):
+        del a["labels"][ours]
+    return a
+
+
+def test_an_instance_on_a_nodes_metrics_port_names_the_node_and_the_alert_name_the_runbook(bridge, prefect_api):
+    a = operator_alert("PrometheusTargetMissing", instance="127.0.0.1:6060", job="geth")
+    said = bridge.post(webhook(a)).json()["alerts"][0]
+    assert said["outcome"] == "emitted" and said["node"] == "eth-a", said
+    [event] = wait_for_events(prefect_api, a["fingerprint"])
+    assert event["resource"]["runbooks.node"] == "eth-a"
+    assert event["resource"]["runbooks.remediation"] == "node-recovery"
+    assert event["payload"]["reason"] == "down" and event["payload"]["runbook"] == "node-recovery"
+    assert event["payload"]["node_found_by"] == "instance 127.0.0.1:6060 is an endpoint of the node"
+
+
+def test_an_instance_on_a_host_with_two_nodes_and_no_matching_endpoint_is_ambiguous(bridge, prefect_api):
+    a = operator_alert("PrometheusTargetMissing", instance="127.0.0.1:9100", job="node")  # node_exporter
+    said = bridge.post(webhook(a)).json()["alerts"][0]
+    assert said["outcome"] == "unroutable" and said["why"].startswith("ambiguous")
+    assert "eth-a, eth-b" in said["why"]
+    assert_nothing_landed(bridge, prefect_api, a["fingerprint"])
+    [record] = wait_for_unroutable(prefect_api, a["fingerprint"])
+    assert record["payload"]["labels"] == a["labels"]
+
+
+def test_a_disk_alert_by_its_community_name_is_recorded_on_the_node_and_starts_nothing(bridge, prefect_api):
+    a = operator_alert("Disk Space low", instance="127.0.0.1:6060")
+    said = bridge.post(webhook(a)).json()["alerts"][0]
+    assert said["outcome"] == "emitted" and said["runbook"] == "notify", said
+    [event] = wait_for_events(prefect_api, a["fingerprint"])
+    assert event["resource"]["runbooks.node"] == "eth-a"
+    assert "runbooks.remediation" not in event["resource"]  # no trigger matches it
+    assert event["payload"]["reason"] == "disk"
+
+
+def test_an_alert_no_route_matches_is_answered_counted_logged_and_recorded(bridge, prefect_api):
+    def unroutable_count() -> float:
+        for line in bridge.http.get("/metrics").text.splitlines():
+            if line.startswith('runbooks_bridge_alerts_total{outcome="unroutable",runbook=""}'):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    before = unroutable_count()
+    a = alert("eth-a", alertname="CertificateExpiresSoon", fingerprint=uuid.uuid4().hex[:16])
+    del a["labels"]["reason"]
+    r = bridge.post(webhook(a))
+    assert r.status_code == 200 and r.json()["emitted"] == 0 and r.json()["unroutable"] == 1
+    [said] = r.json()["alerts"]
+    assert said["why"].startswith("no route matches")
+    assert unroutable_count() == before + 1
+    assert a["fingerprint"] in bridge.log.read_text() and "starts nothing" in bridge.log.read_text()
+    assert_nothing_landed(bridge, prefect_api, a["fingerprint"])
+    [record] = wait_for_unroutable(prefect_api, a["fingerprint"])
+    assert record["related"][0]["prefect.resource.id"] == "runbooks.node.eth-a"
 
 
 def test_an_oversized_body_is_refused_with_400_while_reading(bridge, prefect_api):
@@ -433,7 +567,7 @@ def test_an_oversized_body_is_refused_with_400_while_reading(bridge, prefect_api
 def test_healthz_reports_prefect_reachable(bridge):
     r = bridge.http.get("/healthz")
     assert r.status_code == 200
-    assert r.json() == {"status": "ok", "prefect": "ok", "inventory_nodes": 1}
+    assert r.json() == {"status": "ok", "prefect": "ok", "inventory_nodes": 2}
 
 
 # ---------------------------------------------------------------------------
@@ -450,8 +584,8 @@ def test_prefect_unreachable_answers_503_so_alertmanager_retries(tmp_path):
         assert r.status_code == 503
         assert r.json()["emitted"] == 0
         assert httpx.get(f"{url}/healthz", timeout=10).status_code == 503
-        # Alerts that would emit nothing do not need Prefect.
-        assert httpx.post(f"{url}/alerts", json=webhook(alert("nope")), headers=BEARER, timeout=15).status_code == 200
+        # An alert that starts nothing is still recorded in Prefect: it is retried too, not lost.
+        assert httpx.post(f"{url}/alerts", json=webhook(alert("nope")), headers=BEARER, timeout=15).status_code == 503
     finally:
         stop_process(proc)
 
@@ -543,7 +677,7 @@ def test_fuzz_any_text_in_an_alert_for_a_known_node_lands_in_prefect_as_sent(bri
     @given(labels=label_maps, annotations=label_maps, alertname=st.text(max_size=40))
     def post(labels, annotations, alertname):
         a = alert(fingerprint=uuid.uuid4().hex[:16], alertname=alertname)
-        a["labels"] = labels | {"alertname": alertname, "node": "eth-a"}
+        a["labels"] = labels | {"alertname": alertname, "node": "eth-a", "reason": "stalled"}
         a["annotations"] = annotations
         r = bridge.post(webhook(a))
         assert r.status_code == 200, r.text

@@ -7,6 +7,7 @@ from the flow's word.
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from datetime import datetime, timezone
@@ -242,3 +243,62 @@ def test_pagerduty_gets_one_incident_per_node_incident_updated_by_repeats_and_re
     assert [p["event_action"] for p in pages] == ["trigger", "trigger", "resolve"]
     assert len({p["dedup_key"] for p in pages}) == 1 and node in pages[0]["dedup_key"]
     assert pages[0]["payload"]["severity"] in ("critical", "error")
+
+
+# ---------------------------------------------------------------------------
+# Alerts as operators write them, through the lab's real Prometheus and Alertmanager
+# ---------------------------------------------------------------------------
+
+def test_an_operators_rule_that_names_the_node_only_by_instance_recovers_it(alerts_on):
+    """lab/community_rules.yml: PrometheusTargetMissing on the nodes' client metrics
+    (`up{job="clients"} == 0`), no node and no reason label; the bridge finds the
+    node from `instance` and the runbook from the alert's name."""
+    from tasks.events import read_event
+
+    node = "eth-c"
+    before = fleet.spawns(node)
+    fault_at = time.time()
+    with fleet.alerts_silenced(node):  # our own NodeDown names the node: only the operator's rule may act
+        lab.fault(node, "kill")
+        run = fleet.wait_for(lambda: next(iter(recovery_runs(node, fault_at)), None), 180, 1,
+                             what=f"a finished node-recovery run for {node}")
+    assert run.state.is_completed(), run.state.message
+    assert fleet.spawns(node) == before + 1
+    event = read_event(run.parameters["trigger_event_id"])
+    labels = event["payload"]["labels"]
+    assert labels["alertname"] == "PrometheusTargetMissing" and "node" not in labels and "reason" not in labels
+    assert labels["instance"] == f"{fleet.node(node)['address']}:6060"
+    assert event["payload"]["reason"] == "down" and event["payload"]["runbook"] == "node-recovery"
+    assert run.parameters["reason"] == "down"
+
+
+def test_an_alert_for_no_node_is_recorded_through_alertmanager_and_starts_nothing(alerts_on):
+    from deployments.alert_routing import fingerprint
+
+    def unroutable_count() -> float:
+        text = httpx.get("http://127.0.0.1:19200/metrics", timeout=5).text
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith('runbooks_bridge_alerts_total{outcome="unroutable"'))
+
+    before, sent_at = unroutable_count(), time.time()
+    labels = {"alertname": "PrometheusTargetMissing", "instance": "10.213.7.99:6060", "job": "clients",
+              "severity": "critical", "test_run": uuid.uuid4().hex}
+    now = datetime.now(timezone.utc)
+    httpx.post(ALERTMANAGER, json=[{"labels": labels, "startsAt": now.isoformat()}], timeout=5).raise_for_status()
+    try:
+        # Alertmanager's own fingerprint for these labels is the one the bridge computes for senders without one.
+        [held] = fleet.wait_for(lambda: httpx.get(ALERTMANAGER, params={"filter": f'test_run="{labels["test_run"]}"'},
+                                                  timeout=5).json(), 10, what="the alert in Alertmanager")
+        assert held["fingerprint"] == fingerprint(labels)
+        flt = {"event": {"name": ["runbooks.bridge.unroutable"]},
+               "resource": {"id": [f"runbooks.alert.{held['fingerprint']}"]}}
+        [record] = fleet.wait_for(lambda: httpx.post(f"{os.environ['PREFECT_API_URL']}/events/filter",
+                                                     json={"filter": flt, "limit": 5}, timeout=10).json()["events"],
+                                  30, what="the bridge's record of the unroutable alert")
+        assert record["payload"]["why"] == "instance='10.213.7.99:6060' matches no node's endpoint or host"
+        assert unroutable_count() >= before + 1
+        time.sleep(5)  # a run it started would exist by now
+        assert [r for r in fleet.flow_runs("node-recovery", sent_at)] == []
+    finally:  # resolve it
+        httpx.post(ALERTMANAGER, json=[{"labels": labels, "startsAt": now.isoformat(),
+                                        "endsAt": datetime.now(timezone.utc).isoformat()}], timeout=5)
