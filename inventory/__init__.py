@@ -21,6 +21,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     model_validator,
 )
@@ -228,13 +229,17 @@ class Inventory(Strict):
             raise ValidationError.from_exception_data("Inventory", problems)
         return self
 
+    # The file it was loaded from, for errors about it ("" when built in code).
+    _source: str = PrivateAttr("")
+
     def node(self, name: str) -> Node:
         """The named node, or a clear error listing what exists."""
         try:
             return self.nodes[name]
         except KeyError:
+            where = f" {self._source}" if self._source else ""
             raise InventoryError(
-                f"node {name!r} is not in the inventory (known: {', '.join(sorted(self.nodes))})"
+                f"node {name!r} is not in the inventory{where} (known: {', '.join(sorted(self.nodes))})"
             ) from None
 
     def host_of(self, node_name: str) -> Host:
@@ -291,8 +296,10 @@ def load_inventory(path: str | os.PathLike | None = None) -> Inventory:
     if not isinstance(raw, dict):
         raise InventoryError(f"{p}: expected a mapping with chains, hosts and nodes, got {type(raw).__name__}")
     try:
-        return Inventory.model_validate(raw)
+        inventory = Inventory.model_validate(raw)
     except ValidationError as exc:
         text = "\n".join(_describe(str(p), lines, e) for e in exc.errors())
         raise InventoryError(f"{p}: invalid inventory:\n{text}") from None
+    inventory._source = str(p)
+    return inventory
 

@@ -89,6 +89,7 @@ class InventoryLoader(yaml.SafeLoader):
     def __init__(self, stream, source: str) -> None:
         super().__init__(stream)
         self.source = source
+        self.name = source  # PyYAML's own errors then say `in "inventory.yaml", line 3`
         self.lines: dict[Path, int] = {}
         self.problems: list[str] = []
 

@@ -49,8 +49,10 @@ def test_the_inventory_path_comes_from_the_environment(tmp_path, monkeypatch):
 
 def test_malformed_yaml_names_the_file(tmp_path):
     p = write(tmp_path, "chains: [unclosed\n")
-    with pytest.raises(InventoryError, match=r"inventory\.yaml: not valid YAML"):
+    with pytest.raises(InventoryError) as err:
         load_inventory(p)
+    assert str(err.value).startswith(f"{p}: not valid YAML")
+    assert f'in "{p}", line 2' in str(err.value)
 
 
 def test_a_missing_file_says_how_to_point_at_one(tmp_path):
@@ -98,8 +100,9 @@ def test_shell_and_runtime_api_metacharacters_are_refused(tmp_path, old, new, fi
 
 def test_an_unknown_node_is_refused_with_the_known_ones(tmp_path):
     inv = load_inventory(write(tmp_path, GOOD))
-    with pytest.raises(InventoryError, match=r"node 'erigon-9' is not in the inventory \(known: erigon-1\)"):
+    with pytest.raises(InventoryError) as err:
         inv.node("erigon-9")
+    assert f"node 'erigon-9' is not in the inventory {tmp_path / 'inventory.yaml'} (known: erigon-1)" in str(err.value)
 
 
 def test_secrets_cannot_be_inlined(tmp_path):
@@ -299,3 +302,181 @@ def test_an_ipv6_host_address_is_dialled_as_ipv6(tmp_path):
         runner.close()
         server.close()
     assert accepted == ["::1"]
+
+
+# --- credentials in URLs: refused, and never echoed ------------------------------
+
+
+@pytest.mark.parametrize(
+    "old,new,line,where,shown,secret",
+    [
+        ("rpc_url: http://10.0.0.11:8545", "rpc_url: http://erigon:hunter2pass@10.0.0.11:8545",
+         17, "node 'erigon-1', field rpc_url (nodes.erigon-1.rpc_url)", "http://***@10.0.0.11:8545", "hunter2pass"),
+        ('"http://10.0.0.1:8545"', '"https://:tok3nSECRET@eth.provider.example/v2/KEYINPATH"',
+         5, "chain 'eth-main', field references[0] (chains.eth-main.references[0])", "https://***@eth.provider.example", "tok3nSECRET"),
+        ("    datadir: /data/erigon\n", "    datadir: /data/erigon\n    health_url: http://opsuser@[fd00::10]:8545/health\n",
+         19, "node 'erigon-1', field health_url (nodes.erigon-1.health_url)", "http://***@[fd00::10]:8545", "opsuser"),
+    ],
+)
+def test_a_url_with_credentials_is_refused_without_echoing_them(tmp_path, old, new, line, where, shown, secret):
+    p = write(tmp_path, GOOD.replace(old, new))
+    with pytest.raises(InventoryError) as err:
+        load_inventory(p)
+    text = str(err.value)
+    assert f"{p}:{line}: {where}: the URL {shown} carries credentials" in text
+    assert "Prefect Secret block" in text and "{secret: " in text
+    assert secret not in text and "KEYINPATH" not in text
+
+
+def test_a_credential_url_is_refused_in_any_field_not_only_url_fields(tmp_path):
+    p = write(tmp_path, GOOD.replace("region", "x").replace("ssh_identity_block: fleet-ssh}", "ssh_identity_block: fleet-ssh, region: 'http://a:b4dpass@x'}"))
+    with pytest.raises(InventoryError) as err:
+        load_inventory(p)
+    assert f"{p}:8: host 'h1', field region (hosts.h1.region): the URL http://***@x carries credentials" in str(err.value)
+    assert "b4dpass" not in str(err.value)
+
+
+def test_models_built_in_code_refuse_credential_urls_without_echoing_them():
+    from pydantic import ValidationError
+
+    from inventory import Chain
+
+    with pytest.raises(ValidationError) as err:
+        Chain.model_validate({"family": "ethereum", "references": ["http://u:s3cretpw@10.0.0.1:8545"]})
+    assert "carries credentials" in str(err.value) and "s3cretpw" not in str(err.value)
+
+
+# --- endpoints kept in Prefect Secret blocks -------------------------------------
+
+SECRET_RPC = GOOD.replace("rpc_url: http://10.0.0.11:8545", "rpc_url: {secret: erigon-1-rpc}").replace(
+    'references: ["http://10.0.0.1:8545"]', "references: [{secret: alchemy-mainnet}, 'http://10.0.0.1:8545']"
+)
+
+
+@pytest.fixture
+def secrets(monkeypatch):
+    """Secret blocks as a dict, the names asked for in `loads`; no Prefect server."""
+    from inventory import endpoints
+    from tasks.redaction import clear_secrets
+
+    blocks = {"erigon-1-rpc": "http://10.0.0.11:8545", "alchemy-mainnet": "https://eth-mainnet.example/v2/AbCdEf123456"}
+    loads = []
+
+    def load(name):
+        loads.append(name)
+        if name not in blocks:
+            raise ValueError(f"Unable to find block document named {name} for block type secret")
+        return blocks[name]
+
+    endpoints.forget_resolved()
+    monkeypatch.setattr(endpoints, "_load_secret", load)
+    yield blocks, loads
+    endpoints.forget_resolved()
+    clear_secrets()
+
+
+def test_an_endpoint_can_name_a_secret_block_and_loading_reads_no_block(tmp_path, secrets):
+    from inventory import SecretEndpoint
+
+    inv = load_inventory(write(tmp_path, SECRET_RPC))
+    assert inv.node("erigon-1").rpc_url == SecretEndpoint(secret="erigon-1-rpc")
+    assert str(inv.node("erigon-1").rpc_url) == "<Secret block erigon-1-rpc>"  # what a plan or log may show
+    assert secrets[1] == []  # nothing asked of Prefect at load
+
+
+def test_a_secret_endpoint_is_resolved_where_it_is_probed_and_redacted_from_then_on(tmp_path, secrets):
+    from tasks.probes import node_target, reference_targets
+    from tasks.redaction import redact_text
+
+    inv = load_inventory(write(tmp_path, SECRET_RPC))
+    assert node_target("erigon-1", inv.node("erigon-1")).url == "http://10.0.0.11:8545"
+    refs = reference_targets("eth-main", inv.chains["eth-main"])
+    assert [t.url for t in refs] == ["https://eth-mainnet.example/v2/AbCdEf123456", "http://10.0.0.1:8545/"]
+    assert secrets[1] == ["erigon-1-rpc", "alchemy-mainnet"]
+    assert redact_text("POST https://eth-mainnet.example/v2/AbCdEf123456 failed") == "POST *** failed"
+    node_target("erigon-1", inv.node("erigon-1"))
+    assert secrets[1] == ["erigon-1-rpc", "alchemy-mainnet"]  # reused for a while, not one API call per sweep
+
+
+def test_resolving_asks_prefect_for_the_named_secret_block(monkeypatch):
+    # The real call site, with Prefect's Secret.load replaced: no server needed.
+    # (A live resolution against a Prefect server belongs in the lab suite.)
+    from prefect.blocks.system import Secret
+
+    from inventory import endpoints
+
+    asked = []
+
+    class Loaded:
+        def get(self):
+            return "https://op.example/rpc/KeyKeyKey99"
+
+    def fake_load(name, **kwargs):
+        asked.append((name, kwargs))
+        return Loaded()
+
+    endpoints.forget_resolved()
+    monkeypatch.setattr(Secret, "load", fake_load)
+    try:
+        assert endpoints.endpoint_url(endpoints.SecretEndpoint(secret="base-rpc")) == "https://op.example/rpc/KeyKeyKey99"
+    finally:
+        endpoints.forget_resolved()
+    assert asked == [("base-rpc", {"_sync": True})]
+
+
+@pytest.mark.parametrize(
+    "value,says",
+    [
+        ("{secret: Mainnet_RPC}", "field rpc_url.secret (nodes.erigon-1.rpc_url.secret): String should match pattern"),
+        ("{secrets: mainnet-rpc}", "field rpc_url.secrets (nodes.erigon-1.rpc_url.secrets): Extra inputs are not permitted"),
+        ("{secret: mainnet-rpc, url: 'http://x'}", "field rpc_url.url (nodes.erigon-1.rpc_url.url): Extra inputs are not permitted"),
+        ("mainnet-rpc", "field rpc_url (nodes.erigon-1.rpc_url): Input should be a valid URL"),
+    ],
+)
+def test_a_malformed_secret_endpoint_is_refused_at_load(tmp_path, value, says):
+    p = write(tmp_path, GOOD.replace("rpc_url: http://10.0.0.11:8545", f"rpc_url: {value}"))
+    with pytest.raises(InventoryError) as err:
+        load_inventory(p)
+    assert f"{p}:17: node 'erigon-1', {says}" in str(err.value)
+
+
+def test_a_secret_block_that_is_missing_or_not_a_url_fails_the_probe_without_showing_its_value(tmp_path, secrets):
+    from tasks.probes import ProbeError, node_target
+
+    inv = load_inventory(write(tmp_path, SECRET_RPC))
+    del secrets[0]["erigon-1-rpc"]
+    with pytest.raises(ProbeError, match=r"node 'erigon-1', field rpc_url: Secret block 'erigon-1-rpc' could not be loaded"):
+        node_target("erigon-1", inv.node("erigon-1"))
+    secrets[0]["erigon-1-rpc"] = "not a url: tok-ABCDEF123"
+    with pytest.raises(ProbeError) as err:
+        node_target("erigon-1", inv.node("erigon-1"))
+    assert "does not hold an http(s) URL" in str(err.value) and "ABCDEF" not in str(err.value)
+
+
+def test_every_problem_line_names_the_file_line_entry_and_field(tmp_path):
+    # A hand edit with several slips at once: each gets its own located line.
+    p = write(tmp_path, GOOD.replace("max_lag_blocks: 5", "max_lag_blocks: five")
+              .replace("ssh_user: ops", "ssh_user: 'o ps'")
+              .replace("{admin_block: edge-haproxy}", "{admin_blok: edge-haproxy}")
+              .replace("client: erigon", "client: erigon3")
+              + "notifications: {slack_block: 'ops slack'}\n")
+    with pytest.raises(InventoryError) as err:
+        load_inventory(p)
+    header, *problems = str(err.value).splitlines()
+    assert header == f"{p}: invalid inventory:"
+    located = [line.split(": ", 2)[:2] for line in problems]
+    assert located == [
+        [f"  {p}:6", "chain 'eth-main', field max_lag_blocks (chains.eth-main.max_lag_blocks)"],
+        [f"  {p}:8", "host 'h1', field ssh_user (hosts.h1.ssh_user)"],
+        [f"  {p}:10", "load balancer 'edge', field admin_block (load_balancers.edge.admin_block)"],
+        [f"  {p}:10", "load balancer 'edge', field admin_blok (load_balancers.edge.admin_blok)"],
+        [f"  {p}:14", "node 'erigon-1', field client (nodes.erigon-1.client)"],
+        [f"  {p}:20", "notifications, field slack_block (notifications.slack_block)"],
+    ]
+
+
+def test_a_badly_named_entry_is_refused_naming_its_section(tmp_path):
+    p = write(tmp_path, GOOD.replace("  erigon-1:\n    chain", "  erigon 1:\n    chain"))
+    with pytest.raises(InventoryError) as err:
+        load_inventory(p)
+    assert f"{p}:12: node 'erigon 1', its name (nodes): String should match pattern" in str(err.value)
