@@ -55,7 +55,9 @@ def _host_address(value: str) -> str:
         return value
     except ValueError:
         pass
-    if _HOSTNAME_RE.match(value) and not value.replace(".", "").isdigit():
+    # fullmatch: `$` alone would let a trailing newline through. All digits
+    # and dots is a mistyped IPv4 address (10.0.0.256), not a host name.
+    if _HOSTNAME_RE.fullmatch(value) and not value.replace(".", "").isdigit():
         return value
     raise ValueError(f"{value!r} is not a host name, an IPv4 or an IPv6 address")
 

@@ -199,6 +199,7 @@ def test_ipv6_and_dns_host_addresses_are_accepted_as_written(tmp_path, address):
         ("'10.0.0.11 ; reboot'", "is not a host name"),
         ("'fd00:::10'", "is not a host name"),
         ("10.0.0.256", "is not a host name"),
+        ('"erigon-1.example\\n"', "is not a host name"),
     ],
 )
 def test_malformed_host_addresses_are_refused(tmp_path, address, says):
