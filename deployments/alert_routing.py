@@ -43,6 +43,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from inventory import Inventory, Node
+from inventory.endpoints import SecretEndpoint
 from tasks.events import ALERT_RUNBOOKS
 
 ROUTES_ENV = "BRIDGE_ROUTES"
@@ -246,10 +247,11 @@ def _norm(host: str) -> str:
 
 
 def _endpoints(node: Node) -> set[tuple[str, int | None]]:
-    """(host, port) of the node's rpc, health and metrics URLs."""
+    """(host, port) of the node's rpc, health and metrics URLs. An endpoint kept in a
+    Secret block is not read here (the bridge holds no secrets): its host still matches."""
     out = set()
     for url in (node.rpc_url, node.health_url, node.metrics_url):
-        if url is not None and (hp := _host_port(str(url))):
+        if url is not None and not isinstance(url, SecretEndpoint) and (hp := _host_port(str(url))):
             out.add(hp)
     return out
 

@@ -8,21 +8,29 @@ the second line of defence, not the only one).
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
-    HttpUrl,
+    PrivateAttr,
     ValidationError,
     model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from inventory import yamlfile
+from inventory.endpoints import Endpoint, EndpointError, SecretEndpoint, endpoint_url
+from tasks.errors import InvalidInput
+from tasks.services import Systemd  # its unit-name rules, so the inventory cannot disagree with it
 from tasks.vocabulary import NODE_NAME_RE
 
 # Names: what an operator would type, nothing a shell or HAProxy would interpret.
@@ -34,6 +42,27 @@ SafePath = Annotated[str, Field(pattern=r"^/[A-Za-z0-9._/+-]*$", max_length=4096
 # A manager's service name: systemd template instances (node@mainnet.service) and
 # supervisor group:program names too; the same alphabet tasks/services.py accepts.
 ServiceName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9@._:-]{0,254}$")]
+# A DNS name, IPv4 or IPv6 address. It reaches sockets (paramiko) and
+# audit labels, never a shell; still, nothing option-like or with spaces.
+_HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
+
+
+def _host_address(value: str) -> str:
+    if value.startswith("[") and value.endswith("]"):
+        raise ValueError(f"write the IPv6 address without brackets ({value[1:-1]}); the port goes in ssh_port")
+    try:
+        ipaddress.ip_address(value)
+        return value
+    except ValueError:
+        pass
+    # fullmatch: `$` alone would let a trailing newline through. All digits
+    # and dots is a mistyped IPv4 address (10.0.0.256), not a host name.
+    if _HOSTNAME_RE.fullmatch(value) and not value.replace(".", "").isdigit():
+        return value
+    raise ValueError(f"{value!r} is not a host name, an IPv4 or an IPv6 address")
+
+
+HostAddress = Annotated[str, Field(max_length=253), AfterValidator(_host_address)]
 
 DEFAULT_INVENTORY = "inventory.yaml"
 INVENTORY_ENV = "RUNBOOKS_INVENTORY"
@@ -44,7 +73,9 @@ class InventoryError(ValueError):
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # hide_input_in_errors: a value a validator refuses may be a secret pasted
+    # into the wrong field; str(ValidationError) would otherwise echo it.
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
 
 class ChainFamily(str, Enum):
@@ -88,7 +119,9 @@ class Chain(Strict):
 
     family: ChainFamily
     chain_id: int | None = None
-    references: list[HttpUrl] = Field(min_length=1, description="RPC endpoints that stand for the chain tip")
+    references: list[Endpoint] = Field(
+        min_length=1, description="RPC endpoints that stand for the chain tip (URL or {secret: block-name})"
+    )
     max_lag_blocks: Annotated[int, Field(ge=0)] = 8
     max_head_age_seconds: Annotated[float, Field(gt=0)] = 30.0
     # Recovery: how long to wait for a restarted node to catch up.
@@ -100,7 +133,7 @@ class Chain(Strict):
 
 
 class Host(Strict):
-    address: str = Field(pattern=r"^[A-Za-z0-9.:-]+$")
+    address: HostAddress
     ssh_port: Annotated[int, Field(ge=1, le=65535)] = 22
     ssh_user: Name
     ssh_identity_block: Name = Field(description="Name of the SshIdentity block holding key and known_hosts")
@@ -119,6 +152,17 @@ class ServiceManagerKind(str, Enum):
 class Service(Strict):
     manager: ServiceManagerKind
     name: ServiceName
+
+    @model_validator(mode="after")
+    def _runnable(self) -> "Service":
+        # The adapter's own checks, at load time: a bare systemd template
+        # (geth@.service) is refused here rather than halfway through a recovery.
+        if self.manager is ServiceManagerKind.systemd:
+            try:
+                Systemd(self.name)
+            except InvalidInput as exc:
+                raise ValueError(str(exc)) from None
+        return self
 
 
 class LoadBalancerRef(Strict):
@@ -145,11 +189,11 @@ class Node(Strict):
     client: Client
     host: Name
     service: Service
-    rpc_url: HttpUrl
-    health_url: HttpUrl | None = Field(None, description="Client health endpoint (Erigon /health, op-node RPC, ...)")
+    rpc_url: Endpoint = Field(description="JSON-RPC URL, or {secret: block-name} of a Secret block holding it")
+    health_url: Endpoint | None = Field(None, description="Client health endpoint (Erigon /health, op-node RPC, ...)")
     # Where Prometheus scrapes the client (Geth/Erigon :6060, Nethermind :9545, ...):
     # operators' alerts name a node by this `instance`, so the bridge matches it.
-    metrics_url: HttpUrl | None = Field(None, description="Client metrics endpoint")
+    metrics_url: Endpoint | None = Field(None, description="Client metrics endpoint")
     datadir: SafePath
     lb: LoadBalancerRef | None = None
     role: Role = Role.rpc
@@ -171,24 +215,36 @@ class Inventory(Strict):
     @model_validator(mode="after")
     def _references_resolve(self) -> "Inventory":
         problems = []
+
+        def unknown(loc: tuple, what: str, value: str, known) -> None:
+            # One located error per reference, so each names its own node and line.
+            text = f"unknown {what} {value!r} (known: {', '.join(sorted(known)) or 'none'})"
+            problems.append(InitErrorDetails(
+                type=PydanticCustomError("unknown_reference", "{text}", {"text": text}), loc=loc, input=value,
+            ))
+
         for name, node in self.nodes.items():
             if node.chain not in self.chains:
-                problems.append(f"nodes.{name}.chain: unknown chain {node.chain!r}")
+                unknown(("nodes", name, "chain"), "chain", node.chain, self.chains)
             if node.host not in self.hosts:
-                problems.append(f"nodes.{name}.host: unknown host {node.host!r}")
+                unknown(("nodes", name, "host"), "host", node.host, self.hosts)
             if node.lb and node.lb.balancer not in self.load_balancers:
-                problems.append(f"nodes.{name}.lb.balancer: unknown load balancer {node.lb.balancer!r}")
+                unknown(("nodes", name, "lb", "balancer"), "load balancer", node.lb.balancer, self.load_balancers)
         if problems:
-            raise ValueError("; ".join(problems))
+            raise ValidationError.from_exception_data("Inventory", problems)
         return self
+
+    # The file it was loaded from, for errors about it ("" when built in code).
+    _source: str = PrivateAttr("")
 
     def node(self, name: str) -> Node:
         """The named node, or a clear error listing what exists."""
         try:
             return self.nodes[name]
         except KeyError:
+            where = f" {self._source}" if self._source else ""
             raise InventoryError(
-                f"node {name!r} is not in the inventory (known: {', '.join(sorted(self.nodes))})"
+                f"node {name!r} is not in the inventory{where} (known: {', '.join(sorted(self.nodes))})"
             ) from None
 
     def host_of(self, node_name: str) -> Host:
@@ -216,24 +272,39 @@ def inventory_path(path: str | os.PathLike | None = None) -> Path:
     return Path(path or os.environ.get(INVENTORY_ENV) or DEFAULT_INVENTORY)
 
 
-def _describe(error: dict) -> str:
-    where = ".".join(str(p) for p in error["loc"]) or "(top level)"
-    return f"  {where}: {error['msg']}"
+def _describe(source: str, lines: dict, error: dict) -> str:
+    """One error as `file:line: entry, field (path): message`."""
+    # Drop the endpoint union's tags ("(url)", "(secret block)") from the location.
+    loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and p.startswith("(")))
+    line = yamlfile.line_of(lines, loc)
+    msg = error["msg"].removeprefix("Value error, ")
+    return f"  {source}:{line or 1}: {yamlfile.where(loc)}: {msg}"
 
 
 def load_inventory(path: str | os.PathLike | None = None) -> Inventory:
-    """Read and validate the inventory; errors name the file, the entry and the field."""
+    """Read and validate the inventory; errors name the file and line, the entry and the field.
+
+    Needs no Prefect server: endpoints kept in Secret blocks are resolved
+    only when used (`endpoint_url`).
+    """
     p = inventory_path(path)
     try:
-        raw = yaml.safe_load(p.read_text())
+        raw, lines, problems = yamlfile.read(p.read_text(), str(p))
     except FileNotFoundError:
         raise InventoryError(f"{p}: inventory file not found (set {INVENTORY_ENV} or pass a path)") from None
     except yaml.YAMLError as exc:
         raise InventoryError(f"{p}: not valid YAML: {exc}") from None
+    if problems:
+        # Duplicates and credentials first: validating a file that lost a
+        # block to a duplicate would only produce misleading errors.
+        raise InventoryError(f"{p}: invalid inventory:\n" + "\n".join(f"  {x}" for x in problems))
     if not isinstance(raw, dict):
         raise InventoryError(f"{p}: expected a mapping with chains, hosts and nodes, got {type(raw).__name__}")
     try:
-        return Inventory.model_validate(raw)
+        inventory = Inventory.model_validate(raw)
     except ValidationError as exc:
-        lines = "\n".join(_describe(e) for e in exc.errors())
-        raise InventoryError(f"{p}: invalid inventory:\n{lines}") from None
+        text = "\n".join(_describe(str(p), lines, e) for e in exc.errors())
+        raise InventoryError(f"{p}: invalid inventory:\n{text}") from None
+    inventory._source = str(p)
+    return inventory
+

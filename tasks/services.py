@@ -146,7 +146,9 @@ class Systemd(ServiceManager):
         super().__init__(name, sudo)
         if "@" in name and re.fullmatch(r"(\.[a-z]+)?", name.partition("@")[2]):
             # systemctl refuses a bare template ("node@.service"); only its instances run.
-            raise InvalidInput(f"systemd unit {name!r} is a template: name an instance, e.g. node@mainnet")
+            raise InvalidInput(
+                f"systemd unit {name!r} is a template: name an instance, e.g. {name.partition('@')[0]}@mainnet"
+            )
 
     def status_argv(self) -> list[str]:
         # `show` answers with exit 0 for any unit (even unknown ones: LoadState=not-found),

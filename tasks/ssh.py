@@ -175,7 +175,9 @@ class SshRunner:
         self.connect_timeout = float(connect_timeout)
         self.command_timeout = float(command_timeout)
         self.max_output_bytes = int(max_output_bytes)
-        self.label = name or f"{host.ssh_user}@{host.address}:{host.ssh_port}"
+        # [fd00::10]:22, as OpenSSH writes it: "fd00::10:22" would not say where the port starts.
+        address = f"[{host.address}]" if ":" in host.address else host.address
+        self.label = name or f"{host.ssh_user}@{address}:{host.ssh_port}"
         self._pkey = load_private_key(private_key)
         self._known_hosts = known_hosts
         self._client: paramiko.SSHClient | None = None

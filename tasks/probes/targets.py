@@ -8,22 +8,36 @@ from typing import Any
 
 import httpx
 
-from inventory import Chain, Node
+from inventory import Chain, EndpointError, Node, endpoint_url
 from tasks.probes.model import NodeProbe, ProbeError, ProbeTarget
 from tasks.probes.registry import client_name, reference_client
 
 REFERENCE_PREFIX = "ref:"  # node names cannot contain ':', so a reference's name never collides with one
 
 
+def _url(endpoint: Any, where: str) -> str:
+    # An endpoint kept in a Secret block is read here, just before it is used.
+    # A block that cannot be read fails the sweep (ProbeError) rather than
+    # making the node look down: "down" would start a recovery of a healthy node.
+    try:
+        return endpoint_url(endpoint)
+    except EndpointError as exc:
+        raise ProbeError(f"{where}: {exc}") from None
+
+
 def node_target(name: str, node: Node) -> ProbeTarget:
     """How an inventory node is probed."""
-    return ProbeTarget(name, str(node.rpc_url), node.client.value, str(node.health_url) if node.health_url else None)
+    health_url = _url(node.health_url, f"node {name!r}, field health_url") if node.health_url else None
+    return ProbeTarget(name, _url(node.rpc_url, f"node {name!r}, field rpc_url"), node.client.value, health_url)
 
 
 def reference_targets(chain_name: str, chain: Chain) -> list[ProbeTarget]:
     """How a chain's references are probed; their names mark them as the chain's."""
     client = reference_client(chain.family)
-    return [ProbeTarget(f"{REFERENCE_PREFIX}{chain_name}:{i}", str(url), client) for i, url in enumerate(chain.references)]
+    return [
+        ProbeTarget(f"{REFERENCE_PREFIX}{chain_name}:{i}", _url(url, f"chain {chain_name!r}, field references[{i}]"), client)
+        for i, url in enumerate(chain.references)
+    ]
 
 
 def references_of(results: Iterable[NodeProbe], chain_name: str) -> list[NodeProbe]:
