@@ -252,27 +252,111 @@ class TestEvmBatch:
         assert fields["head"] == 0 and fields["client_version"] == "anvil/v1.7.1"
 
 
+# Every string below is one a client returned or its project publishes; the
+# comment says where it was found. "shape:" marks a string built from the
+# client's own formatting code where no published answer was found.
 @pytest.mark.parametrize("raw, expected", [
-    ("erigon/3.0.4/linux-amd64/go1.23.1", ("erigon", "3.0.4")),
-    ("erigon/v2.60.10/linux-amd64/go1.21.5", ("erigon", "2.60.10")),
-    ("erigon/2.48.1/linux-amd64/go1.19.2", ("erigon", "2.48.1")),
-    ("Geth/v1.14.8-stable-a9523b64/linux-amd64/go1.22.6", ("geth", "1.14.8")),
-    ("anvil/v1.7.1", ("anvil", "1.7.1")),
-    ("Nethermind/v1.25.4+2bf8a789/linux-x64/dotnet8.0.8", ("nethermind", "1.25.4")),
-    ("Nethermind/v1.30.3+87c86379/linux-x64/dotnet9.0.0", ("nethermind", "1.30.3")),
-    ("nitro/v3.10.1-rc.2-d7f07be/linux-amd64/go1.25.10", ("nitro", "3.10.1-rc.2")),
-    ("nitro/vv2.0.10-73224e3/linux-amd64/go1.19.5", ("nitro", "2.0.10")),
-    ("op-geth/v1.101411.4-stable-efa05b1b/linux-amd64/go1.22.7", ("op-geth", "1.101411.4")),
-    ("bor/v1.3.7-stable-5e5c8c6b/linux-amd64/go1.22.1", ("bor", "1.3.7")),
-    ("erigon/3.0.0-alpha4/linux-amd64/go1.22.0", ("erigon", "3.0.0-alpha4")),
+    # --- Erigon: "erigon/<version>/<os-arch>/<go>", no "v" in 3.x, a "v" in some 2.x
+    ("erigon/3.0.4/linux-amd64/go1.23.1", ("erigon", "3.0.4")),  # the brief; same shape as the published 3.0.14 below
+    ("erigon/3.0.14/linux-amd64/go1.23.11", ("erigon", "3.0.14")),  # a Go client-version parser's table of real answers (find_string "erigon/3.0.14")
+    ("erigon/3.01.0/darwin-arm64/go1.23.4", ("erigon", "3.01.0")),  # coincashew/EthPillar#63 (a 3.01.0-dev build's answer)
+    ("erigon/2.60.7/linux-amd64/go1.21.5", ("erigon", "2.60.7")),  # a gnosis node's log, "connected to blockchain backend"
+    ("erigon/2.48.1/linux-amd64/go1.20.6", ("erigon", "2.48.1")),  # a node guide's curl web3_clientVersion answer
+    ("erigon/2.54.0/linux-amd64/go1.20.5", ("erigon", "2.54.0")),  # `cast client --rpc-url https://rpc.ankr.com/eth_sepolia` in a Foundry tutorial
+    ("erigon/v2.60.10/linux-amd64/go1.21.5", ("erigon", "2.60.10")),  # the brief's shape; "v" form as in the next two
+    ("erigon/v2.40.0/linux-amd64/go1.20", ("erigon", "2.40.0")),  # erpc's client-version validator test (an upstream's answer)
+    ("erigon/v2.53.4-c4843268/linux-arm64/go1.20.8", ("erigon", "2.53.4")),  # an admin_peers answer (peer name = its clientVersion)
+    ("erigon/v2.59.2-a013ec25/linux-amd64/go1.21.5", ("erigon", "2.59.2")),  # a devp2p HelloMessage client_version in a crawler's log
+    ("erigon/3.0.0-alpha4/linux-amd64/go1.22.0", ("erigon", "3.0.0-alpha4")),  # shape: Erigon 3 alpha tags (v3.0.0-alpha4)
+    ("erigon/2022.99.99/linux-amd64/go1.18.3", ("erigon", "2022.99.99")),  # CalVer era dev build: Aurora's test table, "https://rpc.ankr.com/eth_ropsten"
+    ("erigon/2022.04.2/linux-amd64/go1.17.9", ("erigon", "2022.04.2")),  # CalVer era: a node-benchmark script's real node_versions
+    ("erigon/2022.01.3/linux-amd64/go1.17.6", ("erigon", "2022.01.3")),  # CalVer era: an RPC provider's web3_clientVersion docs
+    ("erigon/2022.99.99-dev-abc1234/linux-amd64/go1.18.3", ("erigon", "2022.99.99-dev")),  # shape: CalVer dev build with its commit
+    # --- Geth: "Geth[/<identity>]/v<version>-<meta>[-<commit8>[-<date>]]/<os-arch>/<go>"
+    # (go-ethereum node/config.go NodeName; version.WithCommit adds the date when meta is not "stable")
+    ("Geth/v1.14.8-stable-a9523b64/linux-amd64/go1.22.6", ("geth", "1.14.8")),  # the brief; same shape as the next two
+    ("Geth/v1.16.4-stable-41714b49/linux-amd64/go1.24.7", ("geth", "1.16.4")),  # a Go client-version parser's "real-world examples"
+    ("Geth/v1.13.0-stable-64fe2a41/linux-amd64/go1.21.0", ("geth", "1.13.0")),  # a client-version sanitiser's test table
+    ("Geth/v1.10.26-stable/linux-amd64/go1.18.5", ("geth", "1.10.26")),  # an RPC fingerprinter's real-world examples (no commit: a build without git info)
+    ("Geth/v1.10.23-omnibus-b38477ec/linux-amd64/go1.18.5", ("geth", "1.10.23")),  # Infura goerli, Aurora's test table ("omnibus": Infura's meta)
+    ("Geth/v1.11.6-omnibus-f83e1598/linux-amd64/go1.20.3", ("geth", "1.11.6")),  # Infura's docs, quoted in Digine-Labs/rosettanet#168
+    ("Geth/mynode/v1.10.26-stable/linux-amd64/go1.18.5", ("geth", "1.10.26")),  # shape: --identity mynode, NodeName puts it before the version
+    ("Geth/v1.14.9-unstable-abcdef12-20240901/linux-amd64/go1.22.6", ("geth", "1.14.9-unstable")),  # shape: a non-release build (version.WithCommit)
+    # --- op-geth: it reports "Geth" (op-geth node/config.go keeps the title-cased name), version 1.MMmmpp
+    ("Geth/v1.101315.3-stable-8af19cf2/linux-amd64/go1.22.6", ("op-geth", "1.101315.3")),  # an OP-stack L3's web3_clientVersion (rpc-testnet-base.worldmobile.net)
+    ("Geth/v1.101315.0-stable-ef178f25/linux-amd64/go1.21.10", ("op-geth", "1.101315.0")),  # an op-geth start-up log, "Starting peer-to-peer node instance=..."
+    ("Geth/v1.101411.8-rc.1-374d61f9-20250211/linux-amd64/go1.23.6", ("op-geth", "1.101411.8-rc.1")),  # an op-geth admin_nodeInfo name in a Rust client's test
+    ("op-geth/v1.101308.2/linux-amd64/go1.21", ("op-geth", "1.101308.2")),  # GetBlock's Optimism web3_clientVersion docs (a renamed build)
+    # --- Nethermind: "Nethermind/v<version>+<commit8>/<os-arch>/dotnet<ver>"; before 1.14, git-describe form
+    ("Nethermind/v1.25.4+2bf8a789/linux-x64/dotnet8.0.8", ("nethermind", "1.25.4")),  # the brief; shape of the next ones
+    ("Nethermind/v1.18.2+22c00906/linux-x64/dotnet7.0.5", ("nethermind", "1.18.2")),  # GetBlock's Gnosis web3_clientVersion docs
+    ("Nethermind/v1.32.4+1c4c7c0a/linux-x64/dotnet9.0.7", ("nethermind", "1.32.4")),  # a Go client-version parser's real-world examples
+    ("Nethermind/v1.10.75-0-310037468-20210717/X64-Linux/5.0.7", ("nethermind", "1.10.75")),  # Nethermind's own IWeb3RpcModule ExampleResponse
+    ("Nethermind/v1.13.0-0-2e8910b5b-20220520/X64-Linux/6.0.4", ("nethermind", "1.13.0")),  # a sentry's log line, clientID of a peer
+    # --- Besu: "besu[/<identity>]/v<version>/<os-arch>/<vm>" (hyperledger/besu BesuInfo.version and nodeName)
+    ("besu/v24.1.2/linux-x86_64/openjdk-java-17", ("besu", "24.1.2")),  # the brief; shape of BesuInfo.version()
+    ("besu/v25.7.0/linux-x86_64/openjdk-java-21", ("besu", "25.7.0")),  # a Go client-version parser's real-world examples
+    ("besu/v23.1.1-dev-ac23d311/osx-x86_64/graalvm-java-17", ("besu", "23.1.1-dev")),  # BesuInfo.version() javadoc
+    ("besu/v23.1.0/osx-aarch_64/corretto-java-19", ("besu", "23.1.0")),  # BesuInfo.version() javadoc
+    ("besu/myid/v23.10.0/linux-x86_64/openjdk-java-17", ("besu", "23.10.0")),  # shape: BesuInfo.nodeName(identity) puts it before the version
+    # --- Reth: "reth/v<version>[-<commit>][/<target>]" (RETH_CLIENT_VERSION is "reth/v" + the crate version)
+    ("reth/v1.0.0-a2b3c4d/x86_64-unknown-linux-gnu", ("reth", "1.0.0")),  # the brief; shape of the next two
+    ("reth/v1.8.2-9c30bf7/x86_64-unknown-linux-gnu", ("reth", "1.8.2")),  # a Go client-version parser's real-world examples
+    ("reth/v1.0.4-e24e4c77/x86_64-unknown-linux-gnu", ("reth", "1.0.4")),  # a devp2p HelloMessage client_id in a crawler's log
+    ("reth/v0.0.1/x86_64-unknown-linux-gnu", ("reth", "0.0.1")),  # reth book, web3 namespace, web3_clientVersion example
+    ("reth/v0.1.0-alpha.13", ("reth", "0.1.0-alpha.13")),  # an execution-client parser's alpha example
+    # --- Nitro: "nitro/v<version>-<commit7>/<os-arch>/<go>"; "vv" until OffchainLabs/nitro#1942
+    ("nitro/v3.1.0-7d1d84c/linux-amd64/go1.21.10", ("nitro", "3.1.0")),  # the brief; shape of the next
+    ("nitro/v3.6.7-a7c9f1e/linux-amd64/go1.23.1", ("nitro", "3.6.7")),  # a chain-recon guide's web3_clientVersion "Returns:"
+    ("nitro/v3.10.1-rc.2-d7f07be/linux-amd64/go1.25.10", ("nitro", "3.10.1-rc.2")),  # shape: a release candidate tag v3.10.1-rc.2
+    ("nitro/vv2.1.1-e9d8842/linux-arm64/go1.20.8", ("nitro", "2.1.1")),  # OffchainLabs/nitro#1935, arb1.arbitrum.io/rpc
+    ("nitro/vv2.0.10-73224e3/linux-amd64/go1.19.5", ("nitro", "2.0.10")),  # the same double-v era
+    ("arb-rpc-node/v0.8.0", ("arb-rpc-node", "0.8.0")),  # classic Arbitrum, OffchainLabs/nitro#1063 (before Nitro reported itself)
+    # --- Bor: "bor/v<version>[-stable-<commit8>]/<os-arch>/<go>"
+    ("bor/v1.3.7/linux-amd64/go1.22.1", ("bor", "1.3.7")),  # the brief (not found published; same shape as those below)
+    ("bor/v0.2.14-stable-10c4e89f/linux-amd64/go1.17.3", ("bor", "0.2.14")),  # Ankr's Polygon docs, rpc.ankr.com/polygon
+    ("bor/v0.2.14-stable-9edb2836/linux-amd64/go1.17.7", ("bor", "0.2.14")),  # a devp2p crawler's client-name list
+    ("Bor/v0.4.0/linux-amd64/go1.19.10", ("bor", "0.4.0")),  # emerald dshackle's upstream detection test
+    ("bor/v1.0.1-stable-53491784/linux-amd64/go1.18", ("bor", "1.0.1")),  # chain.com docs, BitTorrent Chain (a Bor fork)
+    # --- anvil: "anvil/v<version>" (foundry's CLIENT_VERSION is "anvil/v" + the crate version)
+    ("anvil/v1.7.1", ("anvil", "1.7.1")),  # the lab's anvil (test_a_healthy_node asks a real one)
+    ("anvil/v0.3.0", ("anvil", "0.3.0")),  # viem's test snapshots of a real anvil's answer
+    ("anvil/v0.2.0", ("anvil", "0.2.0")),  # viem's test snapshots (foundry nightlies said 0.2.0 for years)
+    ("anvil/v0.1.0", ("anvil", "0.1.0")),  # viem's older test snapshots
+    # --- other probe kinds, as interpret() builds them
+    ("op-node/v1.9.1", ("op-node", "1.9.1")),  # op_node.interpret: "op-node/" + optimism_version
+    ("solana-core/1.18.22", ("solana-core", "1.18.22")),  # solana.interpret: "solana-core/" + getVersion's solana-core
 ])
 def test_client_version(raw, expected):
     assert parse_client_version(raw) == ClientVersion(*expected)
 
 
-@pytest.mark.parametrize("raw", [None, "", "geth", "Geth/", "/v1.2.3", "Geth/stable", 42, "a" * 600])
+@pytest.mark.parametrize("raw, declared, expected", [
+    # Bor run as a geth binary answers "Geth"; only the inventory can say it is Bor.
+    ("Geth/v0.2.16-stable-abcdef12/linux-amd64/go1.17", "bor", ("bor", "0.2.16")),
+    ("Geth/v1.101411.4-stable-efa05b1b/linux-amd64/go1.22.7", "op-geth", ("op-geth", "1.101411.4")),
+    ("Geth/v1.14.8-stable-a9523b64/linux-amd64/go1.22.6", "geth", ("geth", "1.14.8")),
+    ("Geth/v1.14.8-stable-a9523b64/linux-amd64/go1.22.6", None, ("geth", "1.14.8")),  # a reference: what it says
+    ("erigon/3.0.4/linux-amd64/go1.23.1", "bor", ("erigon", "3.0.4")),  # only a Geth answer is reinterpreted
+])
+def test_a_geth_fork_answering_geth_is_reported_as_the_declared_client(raw, declared, expected):
+    assert parse_client_version(raw, declared=declared) == ClientVersion(*expected)
+
+
+@pytest.mark.parametrize("raw", [None, "", "geth", "Geth/", "/v1.2.3", "Geth/stable", 42, "a" * 600,
+                                 "Geth/mynode/linux-amd64/go1.22", "anvil 0.1.0 (fdd321b 2023-10-04)"])
 def test_client_version_not_a_version(raw):
     assert parse_client_version(raw) is None
+
+
+def test_version_key_orders_pre_releases_before_their_release():
+    from tasks.probes.evm import version_key
+
+    ordered = ["2.60.10", "3.0.0-alpha4", "3.0.0-beta1", "3.0.0-rc.1", "3.0.0-rc.2", "3.0.0-rc.10", "3.0.0", "3.0.1",
+               "3.01.2", "3.10.1-rc.2", "3.10.1"]
+    assert sorted(reversed(ordered), key=version_key) == ordered
+    assert version_key("1.14") == version_key("1.14.0")
+    assert version_key("1.101411.4") > version_key("1.101315.3")
 
 
 # ---------------------------------------------------------------------------
@@ -328,6 +412,9 @@ def test_head_interpreters_never_raise(body, which, now):
 def test_client_version_parser_never_raises(raw):
     parsed = parse_client_version(raw)
     assert parsed is None or (parsed.client and parsed.version[0].isdigit())
+    if parsed is not None:
+        from tasks.probes.evm import version_key
+        version_key(parsed.version)  # every parsed version has a key
 
 
 # ---------------------------------------------------------------------------
@@ -538,6 +625,36 @@ def test_op_geth_is_judged_with_its_op_node(stub):
     stub.routes["/op-node"] = sample("op_node_sync_status")  # unsafe head from 2024: far too old
     (p,) = probe_many_sync([("base-a", stub.url + "/", Client.op_geth, stub.url + "/op-node")])
     assert p.health.healthy is False and "unsafe head" in p.health.detail
+
+
+def batch_answering(client_version: str, head: int = 5) -> bytes:
+    doc = json.loads(anvil_batch_body(head))
+    doc[3]["result"] = client_version
+    return json.dumps(doc).encode()
+
+
+def test_a_probe_records_the_client_and_version_it_parsed(stub):
+    stub.routes["/geth"] = (200, batch_answering("Geth/v1.14.8-stable-a9523b64/linux-amd64/go1.22.6"))
+    stub.routes["/op-geth"] = (200, batch_answering("Geth/v1.101411.4-stable-efa05b1b/linux-amd64/go1.22.7"))
+    stub.routes["/bor"] = (200, batch_answering("Geth/v0.2.16-stable-abcdef12/linux-amd64/go1.17"))
+    stub.routes["/junk"] = (200, batch_answering("some proxy"))
+    geth, op_geth, bor, junk = probe_many_sync([
+        ("eth-a", stub.url + "/geth", Client.geth, None),
+        ("base-a", stub.url + "/op-geth", Client.op_geth, None),
+        ("matic-a", stub.url + "/bor", Client.bor, None),
+        ("odd-a", stub.url + "/junk", Client.geth, None),
+    ])
+    assert (geth.client, geth.version, geth.client_version) == (
+        "geth", "1.14.8", "Geth/v1.14.8-stable-a9523b64/linux-amd64/go1.22.6")
+    assert (op_geth.client, op_geth.version) == ("op-geth", "1.101411.4")
+    assert (bor.client, bor.version) == ("bor", "0.2.16")  # says Geth; the inventory says Bor
+    assert junk.ok and (junk.client, junk.version) == (None, None) and junk.client_version == "some proxy"
+
+
+def test_a_node_that_does_not_answer_has_no_version(stub):
+    stub.routes["/"] = (503, b"upstream unavailable")
+    (p,) = probe_many_sync([("eth-a", stub.url + "/", Client.geth, None)])
+    assert not p.ok and (p.client, p.version) == (None, None)
 
 
 def test_avalanche_combines_health_and_is_bootstrapped(stub):

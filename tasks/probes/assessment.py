@@ -40,6 +40,8 @@ class Assessment:
     head_timestamp: float | None = None  # unix time the head was made; age at any later moment follows from it
     latency_s: float = 0.0  # how long the probe took
     error: str | None = None  # why the node gave no usable answer
+    client: str | None = None  # parsed from client_version: "erigon", "op-geth", ...
+    version: str | None = None  # "3.0.4", "3.10.1-rc.2": compare with evm.version_key
 
     @property
     def healthy(self) -> bool:
@@ -49,7 +51,10 @@ class Assessment:
 # What the records show of an assessment (audit state, reports, artifacts):
 # the verdict and its evidence. Not latency or timestamps, which change on
 # every probe and would mark every line changed in a before/after report.
-RECORD_FIELDS = ("node", "status", "reason", "head", "reference_head", "lag", "head_age_s", "client_version")
+# The client and version, parsed, beside the raw string: an upgrade runbook
+# compares the before and after versions of the node it upgraded.
+RECORD_FIELDS = ("node", "status", "reason", "head", "reference_head", "lag", "head_age_s", "client_version",
+                 "client", "version")
 
 
 def as_dict(a: Assessment) -> dict:
@@ -104,7 +109,7 @@ def sweep(
             reference_head=ref_head, lag=verdict.lag, head_age_s=probe.head_age_s,
             client_version=probe.client_version,
             chain=node.chain, up=probe.ok, head_timestamp=_head_timestamp(probe, now),
-            latency_s=probe.latency_s, error=probe.error,
+            latency_s=probe.latency_s, error=probe.error, client=probe.client, version=probe.version,
         )
     return Sweep(assessed, references, completed_at=now, duration_s=time.monotonic() - started)
 

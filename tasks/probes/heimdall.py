@@ -33,6 +33,8 @@ def interpret(status: int, body: bytes, now: float, options: HealthOptions) -> d
         "head_age_s": age(head_ts, now),
         "syncing": health.data.get("catching_up"),
         "peers": None,
+        # node_info.version is the Tendermint/CometBFT engine's ("0.32.7"), not
+        # Heimdall's own release, so it would mislead an upgrade: none is recorded.
         "client_version": None,
         "health": health,
     }

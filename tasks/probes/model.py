@@ -131,7 +131,11 @@ class NodeProbe(BaseModel):
     head_age_s: float | None = None
     syncing: bool | dict | None = None
     peers: int | None = None
-    client_version: str | None = None
+    client_version: str | None = None  # as the node reported it (web3_clientVersion, or its protocol's own)
+    # ... and parsed (evm.parse_client_version): what an upgrade compares. None
+    # when the node names no version we can read (Heimdall's /status names none).
+    client: str | None = None
+    version: str | None = None
     latency_s: float
     health: ClientHealth | None = None
 

@@ -25,6 +25,7 @@ from tasks.probes.model import (
     ProbeTarget,
     Timeouts,
 )
+from tasks.probes.evm import parse_client_version
 from tasks.probes.parsing import batch_body, snippet
 from tasks.probes.registry import HeadProtocol, probe_for
 from tasks.probes.targets import checked_target
@@ -107,8 +108,13 @@ async def probe_node(
     # A head protocol that carries its own health (op-node, heimdall, solana)
     # fills it in; a separate health endpoint, when configured, wins.
     own_health = fields.pop("health", None)
+    # Parsed here, once for every head protocol: each gives its version as
+    # "name/version..." (op-node and solana prefix theirs), and only here is the
+    # declared client known, which tells a Geth fork answering "Geth/..." apart.
+    parsed = parse_client_version(fields.get("client_version"), declared=t.client)
     return NodeProbe(name=t.name, url=t.url, ok=True, latency_s=latency,
-                     health=fetched if fetched is not None else own_health, **fields)
+                     health=fetched if fetched is not None else own_health,
+                     client=parsed.client if parsed else None, version=parsed.version if parsed else None, **fields)
 
 
 def _timeouts(timeout: Timeouts | float) -> Timeouts:
