@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 import lab
+from lab import topology
 from flows.node_recovery import node_recovery
 from inventory import InventoryError
 from tests import fleet
@@ -35,6 +36,12 @@ def recovered_correctly(node: str, state, before_pid):
     assert restart and restart[0]["exit_code"] == 0 and restart[0]["host"].endswith(":22")
     labels = [e["data"]["label"] for e in entries if e["kind"] == "state"]
     assert {"before", "diagnostics", "after"} <= set(labels)
+    # The client and version the node reported, before and after: what an upgrade compares.
+    states = {e["data"]["label"]: e["data"]["data"] for e in entries if e["kind"] == "state"}
+    anvil = topology.ANVIL_VERSION
+    assert (states["after"]["client"], states["after"]["version"]) == ("anvil", anvil), states["after"]
+    if states["before"]["status"] != "down":  # a dead node reports nothing
+        assert (states["before"]["client"], states["before"]["version"]) == ("anvil", anvil), states["before"]
     assert fleet.outcome(entries)["status"] == "succeeded"
 
 
