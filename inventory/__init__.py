@@ -29,8 +29,6 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from inventory import yamlfile
 from inventory.endpoints import Endpoint, EndpointError, SecretEndpoint, endpoint_url
-from tasks.errors import InvalidInput
-from tasks.services import Systemd  # its unit-name rules, so the inventory cannot disagree with it
 from tasks.vocabulary import NODE_NAME_RE
 
 # Names: what an operator would type, nothing a shell or HAProxy would interpret.
@@ -149,6 +147,15 @@ class ServiceManagerKind(str, Enum):
     supervisor = "supervisor"
 
 
+def systemd_template_problem(name: str) -> str | None:
+    """Why a systemd unit name cannot be started, or None. systemctl refuses a
+    bare template (node@.service): only its instances run. The systemd adapter
+    (tasks/services.py) asks the same question, so the two cannot disagree."""
+    if "@" in name and re.fullmatch(r"(\.[a-z]+)?", name.partition("@")[2]):
+        return f"systemd unit {name!r} is a template: name an instance, e.g. {name.partition('@')[0]}@mainnet"
+    return None
+
+
 class Service(Strict):
     manager: ServiceManagerKind
     name: ServiceName
@@ -157,11 +164,8 @@ class Service(Strict):
     def _runnable(self) -> "Service":
         # The adapter's own checks, at load time: a bare systemd template
         # (geth@.service) is refused here rather than halfway through a recovery.
-        if self.manager is ServiceManagerKind.systemd:
-            try:
-                Systemd(self.name)
-            except InvalidInput as exc:
-                raise ValueError(str(exc)) from None
+        if self.manager is ServiceManagerKind.systemd and (problem := systemd_template_problem(self.name)):
+            raise ValueError(problem)
         return self
 
 

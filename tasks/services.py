@@ -22,6 +22,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
+from inventory import systemd_template_problem
 from tasks.errors import InvalidInput, ServiceError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -144,11 +145,8 @@ class Systemd(ServiceManager):
 
     def __init__(self, name: str, sudo: bool = False) -> None:
         super().__init__(name, sudo)
-        if "@" in name and re.fullmatch(r"(\.[a-z]+)?", name.partition("@")[2]):
-            # systemctl refuses a bare template ("node@.service"); only its instances run.
-            raise InvalidInput(
-                f"systemd unit {name!r} is a template: name an instance, e.g. {name.partition('@')[0]}@mainnet"
-            )
+        if problem := systemd_template_problem(name):
+            raise InvalidInput(problem)
 
     def status_argv(self) -> list[str]:
         # `show` answers with exit 0 for any unit (even unknown ones: LoadState=not-found),
