@@ -142,5 +142,9 @@ class ChecksumMismatch(ObjectStoreError):
     """Bytes arrived (at the store, or back from it) with a different sha256 than was sent."""
 
 
+class ObjectExists(ObjectStoreError):
+    """A write that must not replace anything found the key already taken."""
+
+
 class BackupIntegrityError(RunbookError):
     """An encrypted stream or a manifest failed authentication: tampered, truncated or the wrong key."""

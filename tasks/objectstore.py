@@ -12,8 +12,8 @@ is caught by the store, not by the next restore. Any failure, including
 Ctrl-C, aborts the multipart upload: no half-written upload is left to be
 billed and no object appears.
 
-Clients are built inside each function from the `ObjectStore` block (never
-passed as Prefect task arguments) with connect/read timeouts, a bounded number
+Clients are built inside these functions from the `ObjectStore` block, and
+kept per store configuration (never passed as Prefect task arguments), with connect/read timeouts, a bounded number
 of retries and path-style addressing (SeaweedFS and most self-hosted stores
 do not serve bucket subdomains). Keys given to these functions are relative
 to the block's prefix and checked by `check_key`.
@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import hashlib
 import re
+import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -35,7 +37,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from tasks.errors import ChecksumMismatch, InvalidInput, ObjectStoreError
+from tasks.errors import ChecksumMismatch, InvalidInput, ObjectExists, ObjectStoreError
 from tasks.redaction import register_secret
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -97,22 +99,32 @@ def _relative_key(store: ObjectStore, full: str) -> str:
 def _client(store: ObjectStore) -> Any:
     secret = store.secret_access_key.get_secret_value()
     register_secret(secret)
-    return boto3.session.Session().client(
-        "s3",
-        endpoint_url=store.endpoint_url.rstrip("/"),
-        region_name=store.region,
-        aws_access_key_id=store.access_key_id.get_secret_value(),
-        aws_secret_access_key=secret,
-        config=Config(
-            connect_timeout=store.connect_timeout_seconds,
-            read_timeout=store.read_timeout_seconds,
-            retries={"max_attempts": store.max_attempts, "mode": "standard"},
-            s3={"addressing_style": "path"},
-            # We send our own sha256 per request; do not add CRC32 on top.
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-        ),
-    )
+    return _cached_client(store.endpoint_url.rstrip("/"), store.region, store.access_key_id.get_secret_value(), secret,
+                          store.connect_timeout_seconds, store.read_timeout_seconds, store.max_attempts)
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_client(endpoint: str, region: str, access_key: str, secret: str, connect_timeout: float,
+                   read_timeout: float, max_attempts: int) -> Any:
+    # Building a client costs ~130 ms (botocore loads the S3 model); clients are
+    # thread-safe once built, so one per store configuration serves every call.
+    with _client_lock:
+        return boto3.session.Session().client(
+            "s3", endpoint_url=endpoint, region_name=region, aws_access_key_id=access_key,
+            aws_secret_access_key=secret,
+            config=Config(
+                connect_timeout=connect_timeout,
+                read_timeout=read_timeout,
+                retries={"max_attempts": max_attempts, "mode": "standard"},
+                s3={"addressing_style": "path"},
+                # We send our own sha256 per request; do not add CRC32 on top.
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_required",
+            ),
+        )
+
+
+_client_lock = threading.Lock()
 
 
 def _sha256_b64(data: bytes | bytearray | memoryview) -> str:
@@ -165,13 +177,33 @@ def upload(store: ObjectStore, key: str, stream: IO[bytes], *, part_size: int | 
     first = _read_part(stream, part_size)
     whole.update(first)
     if len(first) < part_size:  # the whole stream fits in one request
-        try:
-            response = client.put_object(Bucket=store.bucket, Key=full, Body=first,
-                                         ChecksumSHA256=_sha256_b64(first), Metadata=metadata or {})
-        except (ClientError, BotoCoreError) as exc:
-            raise _error(exc, "upload", store, full) from exc
-        return StoredObject(key, len(first), whole.hexdigest(), response.get("ETag"))
+        return _put(store, client, key, first, metadata or {}, if_absent=False)
     return _multipart(store, client, full, key, stream, first, whole, part_size, metadata or {})
+
+
+def put_bytes(store: ObjectStore, key: str, data: bytes, *, if_absent: bool = False) -> StoredObject:
+    """Store a small object (a manifest, a record) in one request.
+
+    `if_absent` makes the write conditional (If-None-Match: *): an existing
+    object is never replaced and ObjectExists is raised instead.
+    """
+    return _put(store, _client(store), key, data, {}, if_absent=if_absent)
+
+
+def _put(store: ObjectStore, client: Any, key: str, data: bytes | bytearray, metadata: dict[str, str],
+         *, if_absent: bool) -> StoredObject:
+    full = _full_key(store, key)
+    extra = {"IfNoneMatch": "*"} if if_absent else {}
+    try:
+        response = client.put_object(Bucket=store.bucket, Key=full, Body=data, ChecksumSHA256=_sha256_b64(data),
+                                     Metadata=metadata, **extra)
+    except ClientError as exc:
+        if if_absent and exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412"):
+            raise ObjectExists(f"{full} already exists in bucket {store.bucket}; it was left as it is") from exc
+        raise _error(exc, "upload", store, full) from exc
+    except BotoCoreError as exc:
+        raise _error(exc, "upload", store, full) from exc
+    return StoredObject(key, len(data), hashlib.sha256(data).hexdigest(), response.get("ETag"))
 
 
 def _multipart(store: ObjectStore, client: Any, full: str, key: str, stream: IO[bytes], first: bytearray,

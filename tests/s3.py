@@ -68,7 +68,23 @@ class S3Server:
                             aws_secret_access_key=SECRET_KEY, config=Config(s3={"addressing_style": "path"}))
 
 
-def start_weed(directory: Path, deadline_seconds: float = 30) -> S3Server:
+def start_weed(directory: Path, attempts: int = 3) -> S3Server:
+    """Start weed mini; a port taken between our check and its bind (other tests run here too) means new ports."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return _start_weed(directory / f"try{attempt}")
+        except _ExitedEarly as exc:
+            if attempt == attempts:
+                raise RuntimeError(str(exc)) from exc
+    raise AssertionError("unreachable")
+
+
+class _ExitedEarly(Exception):
+    pass
+
+
+def _start_weed(directory: Path, deadline_seconds: float = 30) -> S3Server:
+    directory.mkdir(parents=True)
     master, volume, filer, s3 = _ports(4)
     log = open(directory / "weed.log", "wb")
     proc = subprocess.Popen(
@@ -89,9 +105,11 @@ def start_weed(directory: Path, deadline_seconds: float = 30) -> S3Server:
             return server
         except Exception as exc:
             if proc.poll() is not None or time.monotonic() > deadline:
+                exited = proc.poll() is not None
                 stop_process(proc)
                 tail = (directory / "weed.log").read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"weed mini did not serve S3 on {server.endpoint}: {exc}\n{tail}") from exc
+                message = f"weed mini did not serve S3 on {server.endpoint}: {exc}\n{tail}"
+                raise (_ExitedEarly if exited else RuntimeError)(message) from exc
             time.sleep(0.1)
 
 

@@ -44,7 +44,7 @@ def test_encryption_round_trips_any_size(size):
     data = os.urandom(size)
     blob = encrypt(data)
     assert len(blob) == encrypted_size(size, CHUNK)
-    assert data not in blob or size == 0
+    assert size < 16 or data not in blob  # a byte or two may turn up in random ciphertext by chance
     assert decrypt(blob) == data
 
 
