@@ -199,3 +199,16 @@ def test_streaming_200_mib_keeps_memory_bounded_by_the_part_size(store):
     # stream would add 200 MiB.
     assert growth_mib < 5 * part / MiB, f"peak RSS grew {growth_mib:.0f} MiB streaming {size // MiB} MiB"
     print(f"200 MiB in {elapsed:.1f}s ({size / MiB / elapsed:.0f} MiB/s), peak RSS +{growth_mib:.0f} MiB")
+
+
+def test_the_block_refuses_credentials_in_the_url_two_key_sources_and_odd_prefixes(s3_server):
+    from pydantic import ValidationError
+
+    for fields in ({"endpoint_url": "http://user:pass@127.0.0.1:8333"}, {"endpoint_url": "http://h:1/path"},
+                   {"bucket": "Bad_Bucket"}, {"prefix": "../up"}, {"prefix": "/abs"},
+                   {"encryption_key": "ab" * 32, "encryption_key_secret": "backup-key"}, {"part_size_mib": 4}):
+        with pytest.raises(ValidationError):
+            s3_server.store(**fields)
+    block = s3_server.store(prefix="fleet-eu/", encryption_key="cd" * 32)
+    assert block.encryption_key_text() == "cd" * 32 and "cd" * 32 not in repr(block)
+    assert s3_server.store().encryption_key_text() is None
