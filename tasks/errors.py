@@ -129,3 +129,22 @@ class NotificationError(RunbookError):
 
 class AuditError(RunbookError):
     """The audit trail could not be written; runbooks must stop rather than act unaudited."""
+
+
+# --- Object store and backups ------------------------------------------------
+
+
+class ObjectStoreError(RunbookError):
+    """The object store refused a request or could not be reached."""
+
+
+class ChecksumMismatch(ObjectStoreError):
+    """Bytes arrived (at the store, or back from it) with a different sha256 than was sent."""
+
+
+class ObjectExists(ObjectStoreError):
+    """A write that must not replace anything found the key already taken."""
+
+
+class BackupIntegrityError(RunbookError):
+    """An encrypted stream or a manifest failed authentication: tampered, truncated or the wrong key."""

@@ -1,1 +1,1 @@
-"""Backups of node datadirs and databases: manifests, retention, and the object store they live in."""
+"""Backups of node datadirs, configs and databases: encryption, manifests, retention."""
