@@ -139,3 +139,39 @@ class ObjectStore(Block):
 
             return str(Secret.load(self.encryption_key_secret).get())
         return None
+
+
+class Database(Block):
+    """A PostgreSQL database (the MEV bot's records): what database-backup dumps
+    and the daily report reads.
+
+    The password is a secret field; the DSN is never built as one string that
+    could be logged: `conninfo()` gives psycopg its keyword arguments, and
+    `pg_env()` gives pg_dump/pg_restore the password through PGPASSWORD, never argv.
+
+    Example:
+        Database(host="10.0.0.7", database="mev", user="backup", password="...").save("mev-db")
+    """
+
+    _block_type_name = "Database"
+    _block_type_slug = "database"
+
+    host: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9.:-]*$", description="Host name or address of the server")
+    port: int = Field(5432, ge=1, le=65535)
+    database: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+    user: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+    password: SecretStr
+    sslmode: str = Field("prefer", pattern=r"^(disable|allow|prefer|require|verify-ca|verify-full)$")
+    connect_timeout_seconds: int = Field(5, ge=1, le=60)
+
+    def conninfo(self, database: str | None = None) -> dict:
+        """psycopg.connect(**conninfo): keyword arguments, the password among them."""
+        return {"host": self.host, "port": self.port, "dbname": database or self.database, "user": self.user,
+                "password": self.password.get_secret_value(), "sslmode": self.sslmode,
+                "connect_timeout": self.connect_timeout_seconds}
+
+    def pg_env(self) -> dict[str, str]:
+        """Environment for pg_dump/pg_restore/psql: the password never reaches argv (or `ps`)."""
+        return {"PGHOST": self.host, "PGPORT": str(self.port), "PGUSER": self.user,
+                "PGPASSWORD": self.password.get_secret_value(), "PGSSLMODE": self.sslmode,
+                "PGCONNECT_TIMEOUT": str(self.connect_timeout_seconds)}

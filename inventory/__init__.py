@@ -209,12 +209,25 @@ class Notifications(Strict):
     pagerduty_block: Name | None = None
 
 
+class DatabaseRef(Strict):
+    block: Name = Field(description="Name of the Database block (host, database, user, password)")
+    host: Name | None = Field(None, description="The inventory host the server runs on, when it is one of ours")
+
+
+class Backups(Strict):
+    """Where backups go and what else is backed up: one place per installation."""
+
+    store_block: Name | None = Field(None, description="Name of the ObjectStore block backups are written to")
+    databases: dict[Name, DatabaseRef] = {}
+
+
 class Inventory(Strict):
     chains: dict[Name, Chain]
     hosts: dict[Name, Host]
     load_balancers: dict[Name, LoadBalancer] = {}
     nodes: dict[Name, Node]
     notifications: Notifications = Notifications()
+    backups: Backups = Backups()
 
     @model_validator(mode="after")
     def _references_resolve(self) -> "Inventory":
@@ -234,6 +247,9 @@ class Inventory(Strict):
                 unknown(("nodes", name, "host"), "host", node.host, self.hosts)
             if node.lb and node.lb.balancer not in self.load_balancers:
                 unknown(("nodes", name, "lb", "balancer"), "load balancer", node.lb.balancer, self.load_balancers)
+        for name, ref in self.backups.databases.items():
+            if ref.host is not None and ref.host not in self.hosts:
+                unknown(("backups", "databases", name, "host"), "host", ref.host, self.hosts)
         if problems:
             raise ValidationError.from_exception_data("Inventory", problems)
         return self

@@ -1,4 +1,4 @@
-"""Save the lab's block documents: the SSH identity, Slack and HAProxy admin.
+"""Save the lab's block documents: SSH identity, Slack, PagerDuty, HAProxy admin, object store, database.
 
 Secrets for the lab are made up here once per lab (random, so a test can scan
 every log, artifact, event and audit record for them) and kept in
@@ -12,33 +12,49 @@ import os
 import secrets
 from pathlib import Path
 
-from blocks import HAProxyAdmin, PagerDutyService, SlackWorkspace, SshIdentity
+from prefect.blocks.system import Secret
+
+from blocks import Database, HAProxyAdmin, ObjectStore, PagerDutyService, SlackWorkspace, SshIdentity
+from lab import topology as t
 
 STUB_URL = "http://127.0.0.1:18080"
 HAPROXY_ADMIN = "tcp://127.0.0.1:19999"
+
+
+def _new_secrets() -> dict[str, str]:
+    return {
+        "slack_token": "xoxb-lab-" + secrets.token_hex(16),
+        "pagerduty_routing_key": "R0LAB" + secrets.token_hex(14),
+        "bridge_token": "brg-" + secrets.token_hex(20),
+        "store_access_key": "AKLAB" + secrets.token_hex(8).upper(),
+        "store_secret_key": "sk-lab-" + secrets.token_hex(20),
+        "backup_key": secrets.token_hex(32),  # AES-256, 64 hex digits
+        "db_password": "pw-lab-" + secrets.token_hex(16),
+    }
 
 
 def lab_secrets(lab_dir: Path) -> dict[str, str]:
     path = lab_dir / "secrets.json"
     if path.exists():
         return json.loads(path.read_text())
-    values = {
-        "slack_token": "xoxb-lab-" + secrets.token_hex(16),
-        "pagerduty_routing_key": "R0LAB" + secrets.token_hex(14),
-        "bridge_token": "brg-" + secrets.token_hex(20),
-    }
+    values = _new_secrets()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         json.dump(values, f)
     return values
 
 
-def write_bridge_token(lab_dir: Path, path: Path) -> None:
-    """The bridge's bearer token in a mode-600 file, read by the bridge and Alertmanager."""
+def write_secret_file(path: Path, text: str) -> None:
+    """A mode-600 file holding a secret, for a program that reads it at start."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
-        f.write(lab_secrets(lab_dir)["bridge_token"])
+        f.write(text)
+
+
+def write_bridge_token(lab_dir: Path, path: Path) -> None:
+    """The bridge's bearer token in a mode-600 file, read by the bridge and Alertmanager."""
+    write_secret_file(path, lab_secrets(lab_dir)["bridge_token"])
 
 
 def save_lab_blocks(lab_dir: Path) -> None:
@@ -54,3 +70,10 @@ def save_lab_blocks(lab_dir: Path) -> None:
     PagerDutyService(routing_key=values["pagerduty_routing_key"], events_url=f"{STUB_URL}/v2/enqueue").save(
         "lab-pagerduty", overwrite=True
     )
+    # Backups: the bucket, its encryption key in a Secret block of its own, the MEV database.
+    Secret(value=values["backup_key"]).save(t.BLOCK_BACKUP_KEY, overwrite=True)
+    ObjectStore(endpoint_url=t.OBJECT_STORE_URL, bucket=t.BACKUP_BUCKET, access_key_id=values["store_access_key"],
+                secret_access_key=values["store_secret_key"], encryption_key_secret=t.BLOCK_BACKUP_KEY,
+                part_size_mib=8).save(t.BLOCK_STORE, overwrite=True)
+    Database(host=t.HOSTS[t.DB_HOST].address, port=t.DB_PORT, database=t.DB_NAME, user=t.DB_USER,
+             password=values["db_password"]).save(t.BLOCK_DB, overwrite=True)

@@ -261,6 +261,9 @@ def _write_files(paths: Paths, root_programs: list[Program]) -> dict[str, list[P
 
     # supervisord configs
     by_host = {h.name: services.host_programs(paths, h) for h in t.HOSTS.values()}
+    for program in (p for programs in by_host.values() for p in programs):
+        if program.prepare is not None:
+            program.prepare()
     for h in t.HOSTS.values():
         paths.host_supervisord_conf(h.name).write_text(
             supervisor.render_config(
@@ -360,7 +363,8 @@ def up(log=print) -> dict:
         log(f"cleaning up what a previous lab at {paths.root} left")
         down(log=lambda *_: None)
     busy = [f"127.0.0.1:{p}" for p in (*(c.frontend_port for c in t.CHAINS.values()), t.HAPROXY_ADMIN_PORT, t.STUB_PORT, t.PREFECT_PORT,
-                                 t.EXPORTER_PORT, t.BRIDGE_PORT, t.PROMETHEUS_PORT, t.ALERTMANAGER_PORT)
+                                 t.EXPORTER_PORT, t.BRIDGE_PORT, t.PROMETHEUS_PORT, t.ALERTMANAGER_PORT,
+                                 *t.OBJECT_STORE_PORTS.values(), *(p + 10000 for p in t.OBJECT_STORE_PORTS.values()))
             if not _port_free("127.0.0.1", p)]
     if busy:
         raise LabError(f"ports already in use: {', '.join(busy)} (another lab or service?)")
@@ -381,6 +385,7 @@ def up(log=print) -> dict:
             for started_one in [pool.submit(supervisor.start, *args) for args in starts]:
                 started_one.result()
         _wait_ready(paths, root_programs, by_host, log)
+        services.fill_database(paths)
     except LabError:
         raise
     except Exception as exc:

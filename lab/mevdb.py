@@ -24,7 +24,9 @@ from datetime import date, datetime, timedelta, timezone
 
 import numpy as np
 import psycopg
-from psycopg import sql
+
+# Row counts and content checksums: in tasks/, since the database backup proves its restores with them.
+from tasks.database import fingerprints
 
 # --------------------------------------------------------------------------- the schema
 # Amounts on chain are integers in the token's smallest unit (wei for gas):
@@ -303,45 +305,6 @@ def _chunk(conn, rng, start, span_us, lo, hi, n, opp_id, exe_id, prices) -> tupl
           "block_number, gas_used, effective_gas_price, base_fee, l1_fee, coinbase_transfer, flash_loan_fee, "
           "gross_revenue, revenue_token", rows)
     return opp_id + m, exe_id + n
-
-
-# --------------------------------------------------------------------------- fingerprints
-@dataclass(frozen=True)
-class Fingerprint:
-    rows: int
-    md5: str  # md5 over the md5 of every row's text, in primary-key order
-
-
-def fingerprints(conn: psycopg.Connection, schema: str = "public") -> dict[str, Fingerprint]:
-    """Row count and content checksum of every table in `schema`, computed in the server.
-
-    Equal fingerprints mean equal contents: how a restored dump is checked
-    against its source. One REPEATABLE READ snapshot covers every table; the
-    text form of a row depends on session settings (a timestamptz prints in
-    the session's time zone), so they are pinned here rather than inherited.
-    Tables without a primary key are ordered by their whole row text.
-    """
-    out: dict[str, Fingerprint] = {}
-    with conn.transaction():
-        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        for setting, value in (("TimeZone", "UTC"), ("DateStyle", "ISO, YMD"), ("IntervalStyle", "postgres"),
-                               ("extra_float_digits", "1"), ("bytea_output", "hex")):
-            conn.execute("SELECT set_config(%s, %s, true)", (setting, value))
-        tables = conn.execute(
-            """SELECT c.relname, array_remove(array_agg(a.attname ORDER BY k.ord), NULL)
-                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                 LEFT JOIN pg_index i ON i.indrelid = c.oid AND i.indisprimary
-                 LEFT JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) ON true
-                 LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
-                WHERE n.nspname = %s AND c.relkind IN ('r', 'p') AND NOT c.relispartition
-                GROUP BY c.relname ORDER BY c.relname""", (schema,)).fetchall()
-        for table, key in tables:
-            order = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(k)) for k in key) if key else sql.SQL("t::text")
-            rows, digest = conn.execute(sql.SQL(
-                "SELECT count(*), md5(coalesce(string_agg(md5(t::text), '' ORDER BY {}), '')) FROM {}.{} t"
-            ).format(order, sql.Identifier(schema), sql.Identifier(table))).fetchone()
-            out[table] = Fingerprint(rows, digest)
-    return out
 
 
 # --------------------------------------------------------------------------- the command line

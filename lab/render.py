@@ -81,6 +81,7 @@ def inventory(paths: Paths) -> dict:
         "load_balancers": {t.INVENTORY_LB: {"kind": "haproxy", "admin_block": t.BLOCK_HAPROXY}},
         "nodes": nodes,
         "notifications": {"slack_block": t.BLOCK_SLACK, "pagerduty_block": t.BLOCK_PAGERDUTY},
+        "backups": {"store_block": t.BLOCK_STORE, "databases": {t.DB_NAME: {"block": t.BLOCK_DB, "host": t.DB_HOST}}},
     }
 
 

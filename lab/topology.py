@@ -36,11 +36,25 @@ WORK_POOL = "runbooks"
 EXPORTER_PORT, BRIDGE_PORT = 19100, 19200
 PROMETHEUS_PORT, ALERTMANAGER_PORT = 19090, 19093
 
+# The object store backups go to: SeaweedFS `weed mini` on loopback (its gRPC
+# ports are these + 10000). SeaweedFS rather than moto or s3rver: it checks
+# signatures and stored checksums and has versioning and object lock (REFERENCE).
+OBJECT_STORE_PORTS = {"master": 19331, "volume": 19332, "filer": 19334, "s3": 19335}
+OBJECT_STORE_URL = f"http://127.0.0.1:{OBJECT_STORE_PORTS['s3']}"
+BACKUP_BUCKET = "rblab-backups"
+# The MEV database: PostgreSQL on a lab host, as a separate database server would be.
+DB_HOST, DB_PORT, DB_NAME, DB_USER = "h3", 5432, "mev", "mev"
+DB_EXECUTIONS, DB_SEED = 20_000, 1  # one day of the bot's records, the same in every lab
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
 INVENTORY_LB = "lab-lb"
 BLOCK_SSH = "lab-ssh"
 BLOCK_HAPROXY = "lab-haproxy"
 BLOCK_SLACK = "lab-slack"
 BLOCK_PAGERDUTY = "lab-pagerduty"
+BLOCK_STORE = "lab-store"
+BLOCK_BACKUP_KEY = "lab-backup-key"
+BLOCK_DB = "lab-mevdb"
 
 
 @dataclass(frozen=True)
@@ -243,6 +257,13 @@ class Paths:
         return self.haproxy / "server-state"
 
     # stubs
+    @property
+    def object_store(self) -> Path:
+        return self.root / "objectstore"
+
+    def pgdata(self, host: str) -> Path:
+        return self.host(host) / "pgdata"
+
     @property
     def stub_records(self) -> Path:
         return self.root / "stubs" / "records.jsonl"

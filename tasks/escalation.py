@@ -72,6 +72,7 @@ class Kind:
     CIRCUIT_OPEN = "circuit-open"
     RUN_CRASHED = "run-crashed"
     RUN_FAILED = "run-failed"
+    BACKUP_FAILED = "backup-failed"  # a backup that is missing, corrupt or does not restore
     LAGGING = "lagging"
     WARNING = "warning"
     INFO = "info"
@@ -84,6 +85,7 @@ _BY_KIND = {
     Kind.CIRCUIT_OPEN: Priority.P2,
     Kind.RUN_CRASHED: Priority.P2,
     Kind.RUN_FAILED: Priority.P2,
+    Kind.BACKUP_FAILED: Priority.P2,
     Kind.LAGGING: Priority.P3,
     Kind.WARNING: Priority.P3,
     Kind.INFO: Priority.P4,
