@@ -29,12 +29,12 @@ from typing import Annotated
 from prefect import flow
 from pydantic import Field
 
-from blocks import Database, ObjectStore
+from blocks import Database
 from inventory import load_inventory
 from tasks import runbook, trigger
 from tasks.approval import Plan
-from tasks.backups.crypto import EncryptionKey
 from tasks.backups.manifest import Archive, Manifest, StoredRef, Verification, record_verification, write_manifest
+from tasks.backups.store import open_store
 from tasks.database import as_records, dump_to_store, restore_fingerprints
 from tasks.errors import InvalidInput
 from tasks.escalation import Kind
@@ -45,20 +45,6 @@ from tasks.vocabulary import AUTOMATION_ONLY, ActionKind, Outcome
 
 DatabaseName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$",
                                     description="A database of the inventory's `backups.databases`")]
-
-
-def open_store(rb: Runbook) -> tuple[ObjectStore, EncryptionKey]:
-    """The inventory's backup store and its encryption key, both registered for redaction."""
-    name = rb.inventory.backups.store_block
-    if not name:
-        raise InvalidInput("the inventory has no backups.store_block: name the ObjectStore block backups go to")
-    store = ObjectStore.load(name)
-    register_secret(store.secret_access_key.get_secret_value())
-    text = store.encryption_key_text()
-    if not text:
-        raise InvalidInput(f"object store block {name!r} has no encryption key: backups are always encrypted")
-    register_secret(text)
-    return store, EncryptionKey.from_text(text)
 
 
 @dataclass
@@ -82,7 +68,7 @@ class DatabaseBackup:
 
     def plan(self, rb: Runbook) -> Plan:
         self.db = self._block(rb)
-        self.store, self.key = open_store(rb)
+        self.store, self.key = open_store(rb.inventory)
         self.created = datetime.now(timezone.utc)
         self.manifest_key = Manifest(kind="database", node=self.database, host=self.host, created_at=self.created).key
         where = f"{self.store.bucket}/{self.manifest_key.rsplit('/', 1)[0]}"
