@@ -30,8 +30,8 @@ from tasks.approval import Plan
 from tasks.backups.manifest import MANIFEST, read_manifest, read_verifications
 from tasks.backups.retention import Backup, RetentionPolicy, plan_retention
 from tasks.backups.store import open_store
-from tasks.guards import Resource
 from tasks.escalation import Kind
+from tasks.guards import Resource
 from tasks.runbook import Done, Failed, Runbook
 from tasks.vocabulary import AUTOMATION_ONLY, ActionKind, Outcome
 
