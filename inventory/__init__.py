@@ -139,6 +139,8 @@ class Host(Strict):
     # supervisorctl needs the config of the supervisord it talks to when it
     # is not the system default.
     supervisor_config: SafePath | None = None
+    standby: dict[Name, "StandbySlot"] = Field(
+        {}, description="chain -> where this host runs a restored node of that chain (restores, DR drills)")
 
 
 class ServiceManagerKind(str, Enum):
@@ -167,6 +169,16 @@ class Service(Strict):
         if self.manager is ServiceManagerKind.systemd and (problem := systemd_template_problem(self.name)):
             raise ValueError(problem)
         return self
+
+
+class StandbySlot(Strict):
+    """A prepared place for one chain's node on a standby host: the client is installed
+    and its service defined but stopped, its datadir empty until a restore fills it."""
+
+    service: Service
+    datadir: SafePath
+    rpc_url: Endpoint
+    metrics_url: Endpoint | None = None
 
 
 class LoadBalancerRef(Strict):
@@ -247,6 +259,10 @@ class Inventory(Strict):
                 unknown(("nodes", name, "host"), "host", node.host, self.hosts)
             if node.lb and node.lb.balancer not in self.load_balancers:
                 unknown(("nodes", name, "lb", "balancer"), "load balancer", node.lb.balancer, self.load_balancers)
+        for host_name, host in self.hosts.items():
+            for chain_name in host.standby:
+                if chain_name not in self.chains:
+                    unknown(("hosts", host_name, "standby", chain_name), "chain", chain_name, self.chains)
         for name, ref in self.backups.databases.items():
             if ref.host is not None and ref.host not in self.hosts:
                 unknown(("backups", "databases", name, "host"), "host", ref.host, self.hosts)
@@ -279,6 +295,32 @@ class Inventory(Strict):
 
     def nodes_on_chain(self, chain: str) -> dict[str, Node]:
         return {n: node for n, node in self.nodes.items() if node.chain == chain}
+
+    def standby_node(self, node_name: str, host_name: str) -> tuple[str, Node]:
+        """The node `node_name` would be on standby host `host_name`: its name and its inventory entry.
+
+        The same chain and client, in the host's slot for that chain (service,
+        datadir, RPC), with no load balancer. A host without a slot for the
+        chain is a clear error, before anything runs.
+        """
+        node = self.node(node_name)
+        host = self.hosts.get(host_name)
+        if host is None:
+            raise InventoryError(f"host {host_name!r} is not in the inventory (known: {', '.join(sorted(self.hosts))})")
+        slot = host.standby.get(node.chain)
+        if slot is None:
+            raise InventoryError(f"host {host_name!r} has no standby slot for chain {node.chain!r} "
+                                 f"(it has: {', '.join(sorted(host.standby)) or 'none'}): add hosts.{host_name}.standby.{node.chain}")
+        name = f"standby-{host_name}-{node.chain}"[:63]
+        return name, node.model_copy(update={"host": host_name, "service": slot.service, "datadir": slot.datadir,
+                                             "rpc_url": slot.rpc_url, "metrics_url": slot.metrics_url, "health_url": None,
+                                             "lb": None, "role": Role.standby, "region": None})
+
+    def including(self, name: str, node: Node) -> "Inventory":
+        """This inventory with one more node (a standby a restore brings up), for probes and steps."""
+        out = self.model_copy(update={"nodes": {**self.nodes, name: node}})
+        out._source = self._source
+        return out
 
     def nodes_in_backend(self, balancer: str, backend: str) -> dict[str, Node]:
         return {

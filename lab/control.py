@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from . import haproxy, netns, render, services, supervisor
+from . import datadir, haproxy, netns, render, services, supervisor
 from . import topology as t
 from .install import install
 from .labnode import SYNC_HELD, rpc
@@ -198,8 +198,12 @@ def is_up() -> bool:
 
 
 def _chown_service_user(path: Path) -> None:
+    """The path and everything under it (a datadir and its segments) to the service user."""
     pw = pwd.getpwnam(t.SERVICE_USER)
     os.chown(path, pw.pw_uid, pw.pw_gid)
+    for parent, dirs, files in os.walk(path):
+        for name in dirs + files:
+            os.chown(os.path.join(parent, name), pw.pw_uid, pw.pw_gid)
 
 
 def _keygen(path: Path, comment: str) -> str:
@@ -240,6 +244,9 @@ def _write_files(paths: Paths, root_programs: list[Program]) -> dict[str, list[P
         hd = paths.host(h.name)
         for d in (hd, hd / "bin", hd / "data", hd / "logs"):
             d.mkdir(parents=True, exist_ok=True)
+        # The service user owns the datadirs' parent, as /var/lib/<client> is the client's: a restore
+        # stages beside the datadir and swaps it in with a rename.
+        _chown_service_user(hd / "data")
         key = _keygen(paths.host_key(h.name), f"rblab-{h.name}").split()
         known.append(f"{h.address} {key[0]} {key[1]}")
         paths.sshd_config(h.name).write_text(render.sshd_config(paths, h))
@@ -247,9 +254,11 @@ def _write_files(paths: Paths, root_programs: list[Program]) -> dict[str, list[P
     paths.known_hosts.write_text("\n".join(known) + "\n")
     paths.refs.joinpath("bin", "anvil").symlink_to(t.ANVIL_BIN)
 
-    for node in t.all_nodes().values():
+    for node in (*t.all_nodes().values(), *t.STANDBYS.values()):
         dd = paths.datadir(node)
         dd.mkdir(parents=True, exist_ok=True)
+        if node.name in t.NODES:  # fleet nodes hold a client's immutable segments too; references need none
+            datadir.write_segments(dd, t.SEGMENT_FILES, t.SEGMENT_BYTES, seed=node.chain)
         _chown_service_user(dd)
 
     # HAProxy, checked before it is started
@@ -314,6 +323,8 @@ def _wait_ready(paths: Paths, root_programs: list[Program], by_host: dict[str, l
         pending[p.name] = (paths.supervisord_sock, p)
     for host, progs in by_host.items():
         for p in progs:
+            if not p.autostart:
+                continue  # left stopped on purpose (the standby's slots)
             pending[f"{host}/{p.name}"] = (paths.host_supervisord_sock(host), p)
     reasons: dict[str, str] = {}
     end = time.monotonic() + UP_DEADLINE_SECONDS

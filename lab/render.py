@@ -58,6 +58,10 @@ def inventory(paths: Paths) -> dict:
             "ssh_identity_block": t.BLOCK_SSH,
             "region": h.region,
             "supervisor_config": str(paths.host_supervisord_conf(h.name)),
+            **({"standby": {
+                s.chain: {"service": {"manager": "supervisor", "name": s.name}, "datadir": str(paths.datadir(s)),
+                          "rpc_url": t.rpc_url(s), "metrics_url": t.metrics_url(s)}
+                for s in t.STANDBYS.values() if s.host == h.name}} if h.name == t.STANDBY_HOST else {}),
         }
         for h in t.HOSTS.values()
     }

@@ -122,11 +122,12 @@ class Program:
     stopwaitsecs: int = 10
     stopsignal: str = "TERM"
     priority: int = 500
+    autostart: bool = True  # False: configured but left stopped (the standby's node slots)
     # Writes the program's config files before supervisord starts it.
     prepare: Callable[[], None] | None = None
 
 
-def node_program(paths: Paths, node: t.LabNode) -> Program:
+def node_program(paths: Paths, node: t.LabNode, autostart: bool = True) -> Program:
     """An anvil node behind the labnode.py wrapper (fleet node or reference).
 
     autorestart is off: a killed node stays down until a runbook (or `heal`)
@@ -160,6 +161,7 @@ def node_program(paths: Paths, node: t.LabNode) -> Program:
         startretries=1,  # a node that cannot start (binary gone) fails fast
         stopwaitsecs=5,
         priority=100,
+        autostart=autostart,
     )
 
 
@@ -451,5 +453,6 @@ def host_programs(paths: Paths, host: t.LabHost) -> list[Program]:
         priority=50,
     )
     nodes = [node_program(paths, n) for n in t.NODES.values() if n.host == host.name]
+    standbys = [node_program(paths, n, autostart=False) for n in t.STANDBYS.values() if n.host == host.name]
     database = [database_program(paths)] if host.name == t.DB_HOST else []
-    return [sshd, *database, *nodes]
+    return [sshd, *database, *nodes, *standbys]

@@ -59,7 +59,7 @@ def render_config(
             f"[program:{p.name}]",
             f"command={_q(shlex.join(p.argv))}",
             f"priority={p.priority}",
-            "autostart=true",
+            f"autostart={'true' if p.autostart else 'false'}",
             f"autorestart={'true' if p.autorestart else 'false'}",
             f"startsecs={p.startsecs}",
             f"startretries={p.startretries}",

@@ -105,8 +105,12 @@ HOSTS: dict[str, LabHost] = {
         LabHost("h1", "10.213.7.11", "lab-a"),
         LabHost("h2", "10.213.7.12", "lab-b"),
         LabHost("h3", "10.213.7.13", "lab-c"),
+        # The standby: sshd and supervisord, no node running. Restores and DR
+        # drills bring a chain's node up here (STANDBYS), then tear it down.
+        LabHost("h4", "10.213.7.14", "lab-d"),
     )
 }
+STANDBY_HOST = "h4"
 
 CHAINS: dict[str, LabChain] = {
     c.name: c
@@ -130,6 +134,19 @@ NODES: dict[str, LabNode] = {
         LabNode("op-b", "lab-op", "h2"),
     )
 }
+
+# One standby slot per chain on the standby host: a node program that is not
+# started with the lab (autostart off) and an empty datadir, for restore-node
+# and dr-drill to fill. Not fleet nodes: no load balancer, not probed.
+STANDBYS: dict[str, LabNode] = {
+    c: LabNode(f"standby-{c}", c, STANDBY_HOST) for c in ("lab-eth", "lab-op")
+}
+
+# The immutable part of every fleet node's datadir, as Erigon's `snapshots/`
+# holds it: segment files written once and never changed (anvil ignores them).
+# Nodes of one chain hold the same segments, as real ones do. Small in the lab
+# so the suite stays fast; the benchmarks build 200 MiB and 2 GiB datadirs.
+SEGMENT_FILES, SEGMENT_BYTES = 4, 1536 * 1024
 
 # Thresholds written into the inventory for both chains.
 CHAIN_THRESHOLDS = {

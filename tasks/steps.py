@@ -120,6 +120,19 @@ def _service_action(rb: Runbook, ssh: SshRunner, node: str, action: ActionKind) 
     return True
 
 
+@step("stop-service")
+def stop_service(rb: Runbook, ssh: SshRunner, node: str) -> bool:
+    """Stop the node's service (a consistent datadir needs it stopped); True when it then reports stopped."""
+    manager = service_manager_for(rb.node(node), rb.inventory.host_of(node))
+    result = ssh.run(manager.stop_argv(), timeout=120, action=ActionKind.stop,
+                     audit_data={"step": "stop", "automatic": rb.trigger.automatic})
+    rb.gate.verify(f"{manager.name} reports stopped")
+    status = manager.status(ssh)
+    if status.running:
+        get_run_logger().error("stop of %s failed: exit %s, state %s", node, result.exit_code, status.state)
+    return not status.running
+
+
 @step("restart-service")
 def restart_service(rb: Runbook, ssh: SshRunner, node: str) -> bool:
     return _service_action(rb, ssh, node, ActionKind.restart)
