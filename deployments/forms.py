@@ -10,7 +10,8 @@ schema on the server:
 
 - a property named `node` (array `nodes`: its items) gets `enum` = the
   inventory's node names, sorted; `host`/`hosts` the host names, `chain`/
-  `chains` the chain names, `database` the inventory's backed-up databases. The UI renders a string `enum` as a select and an
+  `chains` the chain names, `database` the inventory's backed-up databases,
+  `standby_host`/`target_host` the hosts with standby slots, `target` nodes and chains. The UI renders a string `enum` as a select and an
   array of enums as a multi-select. With `enforce_parameter_schema` (set here
   too) the server refuses, before any run exists, a run whose node is not in
   the list. The flow's own type (its pattern) still checks every value when
@@ -52,8 +53,11 @@ def choices(inventory: Inventory) -> dict[str, list[str]]:
     """Property name -> the inventory names an operator picks from."""
     nodes, hosts, chains = sorted(inventory.nodes), sorted(inventory.hosts), sorted(inventory.chains)
     databases = sorted(inventory.backups.databases)
+    standby_hosts = sorted(h for h, host in inventory.hosts.items() if host.standby)
     return {"node": nodes, "nodes": nodes, "host": hosts, "hosts": hosts, "chain": chains, "chains": chains,
-            **({"database": databases} if databases else {})}
+            "target": sorted(nodes + chains),  # dr-drill: a node or a chain
+            **({"database": databases} if databases else {}),
+            **({"standby_host": standby_hosts, "target_host": standby_hosts} if standby_hosts else {})}
 
 
 def automation_fields(schema: dict) -> list[str]:

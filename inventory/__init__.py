@@ -187,9 +187,15 @@ class LoadBalancerRef(Strict):
     server: Name
 
 
+class ConfigFile(Strict):
+    host: Name = Field(description="The inventory host the file is read from")
+    path: SafePath
+
+
 class LoadBalancer(Strict):
     kind: Literal["haproxy"] = "haproxy"
     admin_block: Name = Field(description="Name of the HAProxyAdmin block")
+    config: ConfigFile | None = Field(None, description="Its configuration file, for config-backup")
 
 
 class Role(str, Enum):
@@ -214,6 +220,7 @@ class Node(Strict):
     lb: LoadBalancerRef | None = None
     role: Role = Role.rpc
     region: Name | None = None
+    config_paths: list[SafePath] = Field([], description="The client's configuration files (config-backup)")
 
 
 class Notifications(Strict):
@@ -259,6 +266,9 @@ class Inventory(Strict):
                 unknown(("nodes", name, "host"), "host", node.host, self.hosts)
             if node.lb and node.lb.balancer not in self.load_balancers:
                 unknown(("nodes", name, "lb", "balancer"), "load balancer", node.lb.balancer, self.load_balancers)
+        for lb_name, lb in self.load_balancers.items():
+            if lb.config and lb.config.host not in self.hosts:
+                unknown(("load_balancers", lb_name, "config", "host"), "host", lb.config.host, self.hosts)
         for host_name, host in self.hosts.items():
             for chain_name in host.standby:
                 if chain_name not in self.chains:

@@ -82,7 +82,10 @@ def inventory(paths: Paths) -> dict:
     return {
         "chains": chains,
         "hosts": hosts,
-        "load_balancers": {t.INVENTORY_LB: {"kind": "haproxy", "admin_block": t.BLOCK_HAPROXY}},
+        # The lab's HAProxy runs in the root namespace; its config file is on the one filesystem
+        # every lab host shares, so config-backup reads it over h1's SSH as it would on the LB host.
+        "load_balancers": {t.INVENTORY_LB: {"kind": "haproxy", "admin_block": t.BLOCK_HAPROXY,
+                                            "config": {"host": "h1", "path": str(paths.haproxy_cfg)}}},
         "nodes": nodes,
         "notifications": {"slack_block": t.BLOCK_SLACK, "pagerduty_block": t.BLOCK_PAGERDUTY},
         "backups": {"store_block": t.BLOCK_STORE, "databases": {t.DB_NAME: {"block": t.BLOCK_DB, "host": t.DB_HOST}}},
