@@ -22,11 +22,13 @@ queue.
 
 `due_objects` is the whole policy. Objects are ordered never-checked first,
 then oldest-checked, then by key (deterministic: two runs over the same
-store choose the same objects). Each run takes a prefix of that order of at
-least ceil(n / period) objects and ceil(bytes / period) bytes: a round robin,
-so n objects are all read within `period` daily runs. New objects go to the
-front and could push old ones back, so every object that would be older
-than the period at the next daily run is taken too, whatever the quota.
+store choose the same objects). Each run takes the first ceil(n / period) of
+that order: a round robin, so n objects are all read within `period` daily
+runs. New objects go to the front and could push old ones back, so every
+object that would be older than the period at the next daily run is taken
+too, whatever the quota. The share is counted in objects, not bytes: a byte
+share wraps round to an object read yesterday whenever one object is most
+of the store, and reads it daily; by count each object is read once a turn.
 """
 
 from __future__ import annotations
@@ -112,15 +114,14 @@ def due_objects(objects: Iterable[StoredRef], now: datetime, period_days: int,
     # Never-checked ones by key: the store does not say which came first. Only a store
     # growing by its whole size every period could keep one waiting past the period.
     order = sorted(distinct.values(), key=lambda r: (r.key in last_checked, last_checked.get(r.key, now), r.key))
-    count_quota = math.ceil(len(order) / period_days)
-    byte_quota = math.ceil(sum(r.size for r in order) / period_days)
+    quota = math.ceil(len(order) / period_days)
     # Older than the period by the next run: its last chance is this run.
     deadline = now - timedelta(days=period_days) + RUN_EVERY
     chosen, read = [], 0
     for ref in order:
         checked = last_checked.get(ref.key)
-        share = len(chosen) < count_quota or read < byte_quota
-        overdue = checked is not None and checked <= deadline
+        share = len(chosen) < quota
+        overdue = checked is not None and checked < deadline
         extra = budget_bytes is not None and read + ref.size <= budget_bytes
         if share or overdue or extra:
             chosen.append(ref)
