@@ -30,6 +30,7 @@ from tasks.approval import Plan
 from tasks.backups.manifest import MANIFEST, read_manifest, read_verifications
 from tasks.backups.retention import Backup, RetentionPolicy, plan_retention
 from tasks.backups.store import open_store
+from tasks.backups.verify import METHOD as STORED_BYTES_CHECK
 from tasks.escalation import Kind
 from tasks.guards import Resource
 from tasks.runbook import Done, Failed, Runbook
@@ -52,7 +53,8 @@ def stored_backups(store) -> list[Backup]:
         manifest_key = f"{prefix}/{MANIFEST}"
         if manifest_key in keys:
             manifest = read_manifest(store, manifest_key)
-            verified = any(v.ok for v in read_verifications(store, manifest_key))
+            # Re-read bytes (verify-backups) prove the store kept them, not that they restore.
+            verified = any(v.ok and v.method != STORED_BYTES_CHECK for v in read_verifications(store, manifest_key))
             keys |= {ref.key for ref in manifest.stored_objects()}  # segments live outside the prefix
             out.append(Backup(prefix, kind, node, manifest.created_at, True, verified, frozenset(keys)))
         else:

@@ -258,17 +258,21 @@ def read_manifest(store: ObjectStore, key: str) -> Manifest:
         raise BackupIntegrityError(f"{key} is not a valid manifest: {exc}") from exc
 
 
+def manifest_keys(store: ObjectStore, kind: str | None = None, node: str | None = None) -> list[str]:
+    """Keys of the manifests of one kind and/or node, oldest first per (kind, node), without reading them."""
+    if node is not None and kind is None:
+        return [k for each in KINDS for k in manifest_keys(store, each, node)]
+    if kind is not None and kind not in KINDS:
+        raise ValueError(f"backup kind {kind!r} is not one of {KINDS}")
+    where = "/".join(["backups"] + ([kind] if kind else []) + ([node] if node else []))
+    return [o.key for o in objectstore.list_objects(store, where)
+            if o.key.endswith("/" + MANIFEST) and o.key.count("/") == 4]
+
+
 def list_manifests(store: ObjectStore, kind: str | None = None, node: str | None = None,
                    *, complete_only: bool = True) -> list[Manifest]:
     """Manifests of one kind and/or node, oldest first (keys sort by time)."""
-    if node is not None and kind is None:
-        return [m for k in KINDS for m in list_manifests(store, k, node, complete_only=complete_only)]
-    where = "/".join(["backups"] + ([kind] if kind else []) + ([node] if node else []))
-    if kind is not None and kind not in KINDS:
-        raise ValueError(f"backup kind {kind!r} is not one of {KINDS}")
-    keys = [o.key for o in objectstore.list_objects(store, where)
-            if o.key.endswith("/" + MANIFEST) and o.key.count("/") == 4]
-    manifests = [read_manifest(store, k) for k in keys]
+    manifests = [read_manifest(store, k) for k in manifest_keys(store, kind, node)]
     return [m for m in manifests if m.complete or not complete_only]
 
 
