@@ -156,7 +156,7 @@ class ConfigBackup:
         manifest = Manifest(kind="config", node=host_name, host=host_name, created_at=created,
                             archives=archives, files=files)
         key = write_manifest(self.store, manifest)
-        verification = read_back(self.store, manifest, {o.key for o in manifest.stored_objects()})
+        verification = read_back(self.store, manifest, {o.key for o in manifest.stored_objects()})  # all new
         record_verification(self.store, verification)
         if not verification.ok:
             raise RunbookError(f"{key} does not read back as written: {'; '.join(verification.problems)[:200]}")

@@ -42,7 +42,6 @@ from tasks.backups.datadir import backup_datadir, layout_for
 from tasks.backups.manifest import (
     Manifest,
     Source,
-    Verification,
     backup_prefix,
     list_manifests,
     record_verification,
@@ -51,6 +50,7 @@ from tasks.backups.manifest import (
 )
 from tasks.backups.progress import TransferProgress
 from tasks.backups.store import open_store
+from tasks.backups.verify import read_back
 from tasks.chainstate import block_at
 from tasks.errors import RunbookError
 from tasks.escalation import Kind
@@ -78,24 +78,6 @@ def stream_datadir(rb: Runbook, ssh, node: str, store, key, prefix: str, reusabl
     n = rb.node(node)
     progress = TransferProgress(f"snapshot of {node}", f"snapshot-{node}-progress")
     return backup_datadir(ssh, store, key, n.datadir, layout_for(n.client.value), prefix, reusable, progress=progress)
-
-
-@step("read-back")
-def read_back(rb: Runbook, store, manifest: Manifest, uploaded: set[str]) -> Verification:
-    """Re-read and re-hash every object this run uploaded; the reused ones must still be there."""
-    problems, read = [], 0
-    for ref in manifest.stored_objects():
-        if ref.key in uploaded:
-            try:
-                read += objectstore.download(store, ref.key, objectstore.NullSink(), expected_sha256=ref.sha256).size
-            except RunbookError as exc:
-                problems.append(str(exc))
-        else:
-            found = objectstore.head(store, ref.key)
-            if found is None or found.size != ref.size:
-                problems.append(f"{ref.key}: reused, but {'gone' if found is None else f'{found.size} bytes'}")
-    return Verification(manifest_key=manifest.key, verified_at=datetime.now(timezone.utc), method="read-back",
-                        ok=not problems, objects_checked=sorted(uploaded), bytes_read=read, problems=problems)
 
 
 @dataclass
@@ -189,7 +171,9 @@ class SnapshotBackup:
         rb.gate.allows("s3", self.store.bucket, f"upload {manifest.key}", action=ActionKind.upload)
         key = write_manifest(self.store, manifest)
         rb.audit.action(f"s3:{self.store.bucket}", f"upload {key}", 0, 0.0, action=ActionKind.upload)
-        verification = read_back(rb, self.store, manifest, backup.uploaded_keys)
+        rb.step("read-back")
+        uploaded = {a.object.key for a in backup.archives} | {f.object.key for f in backup.files if f.object and not f.reused}
+        verification = read_back(self.store, manifest, uploaded)
         record_verification(self.store, verification)
         if not verification.ok:
             raise Failed(Kind.BACKUP_FAILED, node, f"snapshot of {node} does not read back as written: "

@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
 from tasks import objectstore
 from tasks.backups.manifest import Manifest, StoredRef, Verification, manifest_keys, read_manifest, read_verifications
@@ -176,3 +176,15 @@ def rehash(store, ref: StoredRef) -> str | None:
 def still_there(store, manifest_keys: Iterable[str]) -> list[str]:
     """The manifests that still exist: one pruned while this run read it is not a broken backup."""
     return [key for key in manifest_keys if objectstore.head(store, key) is not None]
+
+
+def read_back(store, manifest: Manifest, uploaded: set[str]) -> Verification:
+    """The check that makes a fresh backup "verified": every object it uploaded re-read and re-hashed,
+    every object it reused from earlier backups still present with its size."""
+    problems = [f"{ref.key}: {problem}" for ref in manifest.stored_objects() if ref.key in uploaded
+                and (problem := rehash(store, ref))]
+    problems += [f"{key}: reused, {why}" for key, why in
+                 check_present(store, [r for r in manifest.stored_objects() if r.key not in uploaded]).items()]
+    read = sum(r.size for r in manifest.stored_objects() if r.key in uploaded)
+    return Verification(manifest_key=manifest.key, verified_at=datetime.now(timezone.utc), method="read-back",
+                        ok=not problems, objects_checked=sorted(uploaded), bytes_read=read, problems=problems)
