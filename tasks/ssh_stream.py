@@ -175,9 +175,14 @@ class _Session:
         return result
 
     def abandon(self, **extra: Any) -> None:
-        """Stop the command (SIGTERM, close the channel) and record it as unfinished."""
-        with contextlib.suppress(Exception):  # best effort: the channel is closed next anyway
-            _signal(self.channel, "TERM")
+        """Stop the command (SIGTERM, close the channel) and record it as unfinished; no-op once it ended."""
+        if self.recorded:
+            self.close()
+            return
+        # Never to a closed channel: sshd may already have given its number to the next one.
+        if not self.channel.closed:
+            with contextlib.suppress(Exception):  # best effort: the channel is closed next anyway
+                _signal(self.channel, "TERM")
         self.close()
         self.record(None, **extra)
 
