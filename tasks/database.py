@@ -18,7 +18,6 @@ tools through PGPASSWORD, never argv.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import re
@@ -27,7 +26,6 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import IO
 
 import psycopg
 from psycopg import sql
@@ -36,6 +34,7 @@ from blocks import Database, ObjectStore
 from tasks import objectstore
 from tasks.backups.crypto import DecryptingReader, EncryptingReader, EncryptionKey
 from tasks.errors import BackupIntegrityError
+from tasks.streams import HashingReader
 
 # zstd -1 on two threads: ~1 GiB/s here (REFERENCE), far above what pg_dump produces.
 ZSTD = ["zstd", "-1", "-T2", "-q", "-c"]
@@ -182,23 +181,6 @@ def restore_fingerprints(db: Database, store: ObjectStore, key: str, enc: Encryp
             admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(scratch)))
 
 
-class _Hashing(io.RawIOBase):
-    """Passes a stream through, hashing what it read: the stored object's sha256, checked on the way."""
-
-    def __init__(self, source: IO[bytes]) -> None:
-        self._source, self.sha256, self.size = source, hashlib.sha256(), 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b) -> int:
-        data = self._source.read(len(b))
-        self.sha256.update(data)
-        self.size += len(data)
-        b[:len(data)] = data
-        return len(data)
-
-
 def _restore_into(db: Database, store: ObjectStore, key: str, enc: EncryptionKey, expected_sha256: str,
                   scratch: str) -> int:
     env = dict(os.environ, **db.pg_env())
@@ -210,7 +192,7 @@ def _restore_into(db: Database, store: ObjectStore, key: str, enc: EncryptionKey
     procs = [unzstd, restore]
     try:
         with objectstore.open_object(store, key) as body:
-            hashed = _Hashing(body)
+            hashed = HashingReader(body)
             plain = DecryptingReader(io.BufferedReader(hashed, PIPE_CHUNK), enc)
             try:
                 while chunk := plain.read(PIPE_CHUNK):

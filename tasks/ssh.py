@@ -129,6 +129,23 @@ class _CappedBuffer:
         return self.data.decode("utf-8", "replace")
 
 
+def prepare_command(argv: list[str], action: ActionKind | str, audit_data: dict | None) -> tuple[list[str], str, dict]:
+    """Check an argv list and build its command line and audit data; refuses before anything runs.
+
+    Shared by `SshRunner.run` and the streaming commands (tasks/ssh_stream.py).
+    """
+    if isinstance(argv, (str, bytes)):
+        raise TypeError("SSH commands are argv lists, not strings: shell text is never built by hand")
+    argv = list(argv)
+    if not argv or not all(isinstance(a, str) for a in argv):
+        raise TypeError("argv must be a non-empty list of str")
+    if any("\x00" in a for a in argv):
+        raise ValueError("an argument contains a NUL byte")
+    audit_data = dict(audit_data or {})
+    audit_data["action"] = ActionKind(audit_data.pop("action", action))
+    return argv, shlex.join(argv), audit_data
+
+
 class SshRunner:
     """One SSH connection to one host, for running argv commands.
 
@@ -275,16 +292,7 @@ class SshRunner:
         Raises CommandTimeout past the deadline, CommandFailed on a non-zero
         exit when check=True, SshError when the connection fails.
         """
-        if isinstance(argv, (str, bytes)):
-            raise TypeError("SshRunner.run takes an argv list, not a string: shell text is never built by hand")
-        argv = list(argv)
-        if not argv or not all(isinstance(a, str) for a in argv):
-            raise TypeError("argv must be a non-empty list of str")
-        if any("\x00" in a for a in argv):
-            raise ValueError("an argument contains a NUL byte")
-        command = shlex.join(argv)
-        audit_data = dict(audit_data or {})
-        audit_data["action"] = ActionKind(audit_data.pop("action", action))  # refused before anything runs
+        argv, command, audit_data = prepare_command(argv, action, audit_data)
         limit = self.command_timeout if timeout is None else float(timeout)
         if self.gate is not None and not self.gate.allows("ssh", self.label, command, **audit_data):
             # A dry run: recorded as "would run"; nothing connected, nothing ran.

@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import os
+import re
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -57,7 +58,9 @@ def test_the_key_layout_is_sortable_and_safe():
     m = mf.Manifest(kind="config", node="erigon-1", host="h1", created_at=T0)
     assert m.key == "backups/config/erigon-1/20261204T142227Z/manifest.json"
     assert m.archive_key("etc.tar.zst.enc") == "backups/config/erigon-1/20261204T142227Z/etc.tar.zst.enc"
-    assert mf.segment_key("ab" * 32, KEY.key_id) == f"segments/{KEY.key_id}/sha256/ab/{'ab' * 32}"
+    first, second = mf.segment_key("ab" * 32, KEY.key_id), mf.segment_key("ab" * 32, KEY.key_id)
+    # Unique per upload: concurrent backups never overwrite each other's ciphertext.
+    assert re.fullmatch(f"segments/{KEY.key_id}/sha256/ab/{'ab' * 32}" + r"\.[0-9a-f]{12}", first) and first != second
     assert mf.verification_key(m.key, T0 + timedelta(hours=1)) == \
         "backups/config/erigon-1/20261204T142227Z/verified/20261204T152227Z.json"
     with pytest.raises(ValidationError):

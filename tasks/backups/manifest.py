@@ -17,16 +17,18 @@ Key layout (relative to the ObjectStore block's prefix):
     backups/<kind>/<node>/<YYYYMMDDTHHMMSSZ>/manifest.json     the manifest
     backups/<kind>/<node>/<YYYYMMDDTHHMMSSZ>/<archive name>    mutable parts (tar | zstd [| encrypt])
     backups/<kind>/<node>/<YYYYMMDDTHHMMSSZ>/verified/<YYYYMMDDTHHMMSSZ>.json   verification records
-    segments/<key id or plain>/sha256/<ab>/<sha256>            immutable files, content-addressed
+    segments/<key id or plain>/sha256/<ab>/<sha256>.<token>    immutable files, by content + a random token
 
 Immutable files (Erigon's snapshot segments) are stored once, by plaintext
 sha256 and encryption key, and reused by every later backup that has a file
-with the same path, size and sha256 (`reusable_segments`).
+with the same path, size and sha256 (`reusable_segments`): the earlier
+manifest's StoredRef is copied, so two uploads never share a key.
 """
 
 from __future__ import annotations
 
 import io
+import secrets
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Annotated, Literal
@@ -207,8 +209,14 @@ def backup_prefix(kind: str, node: str, created_at: datetime) -> str:
 
 
 def segment_key(sha256: str, key_id: str | None) -> str:
-    """Where an immutable file is stored once: by content, and by the key it is encrypted with."""
-    return objectstore.check_key(f"segments/{key_id or 'plain'}/sha256/{sha256[:2]}/{sha256}")
+    """A new, unique key for one upload of an immutable file: by content and key, plus a random token.
+
+    Unique because two backups uploading the same file at once would
+    otherwise write different ciphertexts (random salts) to one key, and the
+    loser's manifest would record a sha256 the object no longer has. Reuse
+    goes through earlier manifests' StoredRefs, never through key equality.
+    """
+    return objectstore.check_key(f"segments/{key_id or 'plain'}/sha256/{sha256[:2]}/{sha256}.{secrets.token_hex(6)}")
 
 
 def verification_key(manifest_key: str, at: datetime) -> str:

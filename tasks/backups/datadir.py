@@ -1,0 +1,391 @@
+"""A node's datadir, backed up from its host into the store and restored back, file by checked file.
+
+    backup_datadir(ssh, store, key, datadir, layout, prefix, reusable) -> DatadirBackup
+    restore_datadir(ssh, store, key, manifest, target_dir)           -> RestoreResult
+
+A datadir is two kinds of bytes. Mutable files (the database, the node
+key, small state) go as ONE stream: `tar` of exactly the listed files,
+compressed by zstd on the host, encrypted on the worker, into one object.
+Immutable files (Erigon's snapshot segments, written once and never
+changed) go one object each, so the next backup refers to the object an
+earlier one stored instead of uploading it again: the second backup of an
+unchanged Erigon node moves a few hundred MB of mutable state, not the
+terabytes of segments. Which files are which is the client's `Layout`.
+
+Nothing is staged on the worker's disk or held whole in its memory: every
+object streams host -> SSH -> encryption -> multipart upload (and back),
+through tasks/ssh_stream.py, so every remote command is gated by the run's
+gate and audited like `SshRunner.run`, and a failing command aborts the
+upload that reads it.
+
+Integrity is checked at both ends. The host lists the files (`find`, NUL
+separated, so any name works) and hashes them (`sha256sum -z`) before
+anything is sent; an immutable file read back with another sha256 changed
+during the backup and fails it. A restore checks each object's stored
+sha256 as it streams and each chunk's AES-GCM tag before the host sees it,
+then re-hashes every file it wrote on the host and compares the whole tree
+with the manifest: a missing, extra or different file fails the restore.
+Mutable files are hashed before tar reads them, so a node that writes
+while it is backed up gives a backup that fails its restore check: the
+snapshot runbook stops the node first.
+
+Symlinks, sockets and other special files are refused (listed by name)
+rather than recorded: a symlinked `snapshots/` on another disk would
+otherwise be backed up as a link to data that is not in the backup.
+Exclude them in the layout if they are expected. Empty directories are
+not kept; the clients recreate them.
+"""
+
+from __future__ import annotations
+
+import io
+import posixpath
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import IO, TYPE_CHECKING
+
+from tasks import objectstore
+from tasks.backups.crypto import DecryptingReader, EncryptingReader, EncryptionKey
+from tasks.backups.manifest import Archive, BackupFile, Manifest, StoredRef, segment_key
+from tasks.errors import BackupIntegrityError, CommandFailed, InvalidInput
+from tasks.ssh_stream import IDLE_TIMEOUT, read_from, write_to
+from tasks.streams import HashingReader
+from tasks.vocabulary import ActionKind
+
+if TYPE_CHECKING:  # pragma: no cover
+    from blocks import ObjectStore
+    from tasks.ssh import SshRunner
+
+ARCHIVE = "data.tar.zst"
+# tar runs zstd itself (-I), so tar's exit status covers the compressor too: dash has no pipefail.
+# zstd -1 on two threads: ~1 GiB/s (REFERENCE), far above what SSH carries.
+ZSTD, UNZSTD = "zstd -1 -T2 -q", "zstd -d -q"
+RESTORE_SUFFIX = ".rb-restore-part"  # a file being restored; renamed into place once whole
+HASH_RATE = 50 * 1024 * 1024  # bytes/s sha256sum surely manages (0.29 GB/s measured): one big file's silence
+PROGRESS_EVERY = 1.0
+_KIND_NAMES = {"l": "symlink", "s": "socket", "p": "fifo", "b": "block device", "c": "character device"}
+ProgressFn = Callable[[int, int], None]
+
+
+# ------------------------------------------------------------------ layouts
+
+
+def _glob(pattern: str) -> re.Pattern:
+    """A glob relative to the datadir: `*` stays in one name, `**/` spans directories, a pattern
+    without '/' matches a name at any depth, a trailing '/' only directories; a match covers
+    everything below it too."""
+    dir_only, body = pattern.endswith("/"), pattern.rstrip("/")
+    out, i = "" if "/" in body else "(?:.*/)?", 0
+    while i < len(body):
+        if body.startswith("**/", i):
+            out, i = out + "(?:.*/)?", i + 3
+        elif body.startswith("**", i):
+            out, i = out + ".*", i + 2
+        elif body[i] == "*":
+            out, i = out + "[^/]*", i + 1
+        elif body[i] == "?":
+            out, i = out + "[^/]", i + 1
+        else:
+            out, i = out + re.escape(body[i]), i + 1
+    return re.compile(out + ("/.*" if dir_only else "(?:/.*)?"), re.S)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Which files of a client's datadir never change once written, and which are not backed up."""
+
+    immutable: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    _immutable: tuple[re.Pattern, ...] = field(init=False, repr=False, compare=False)
+    _exclude: tuple[re.Pattern, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_immutable", tuple(map(_glob, self.immutable)))
+        # Our own restore leftovers are never part of a datadir, whatever the layout says.
+        object.__setattr__(self, "_exclude", tuple(map(_glob, self.exclude + (f"*{RESTORE_SUFFIX}",))))
+
+    def excludes(self, path: str) -> bool:
+        return any(p.fullmatch(path) for p in self._exclude)
+
+    def is_immutable(self, path: str) -> bool:
+        return any(p.fullmatch(path) for p in self._immutable)
+
+
+_ERIGON_SEGMENTS = tuple(f"snapshots/**/*.{ext}" for ext in ("seg", "idx", "kv", "kvi", "v", "vi", "ef", "efi", "bt"))
+LAYOUTS: dict[str, Layout] = {
+    # Erigon writes segments under a temporary name and renames them, so a *.seg is final;
+    # temp/ is its ETL scratch and mdbx.lck a lock file mdbx rebuilds.
+    "erigon": Layout(_ERIGON_SEGMENTS, ("*.tmp", "temp/", "*.lck")),
+    # The lab's client: home/ is anvil's scratch history, sync-held a lab fault marker.
+    "anvil": Layout(("snapshots/*.seg",), ("home/**", "sync-held")),
+}
+DEFAULT_LAYOUT = Layout()  # every file mutable: correct for any client, just without reuse
+
+
+def layout_for(client: str) -> Layout:
+    return LAYOUTS.get(str(getattr(client, "value", client)), DEFAULT_LAYOUT)
+
+
+# ------------------------------------------------------------------ the host's side
+
+
+def _absolute(path: str) -> str:
+    if not isinstance(path, str) or not posixpath.isabs(path) or "\x00" in path or posixpath.normpath(path) == "/":
+        raise InvalidInput(f"{path!r} must be an absolute directory path below '/'")
+    return posixpath.normpath(path)
+
+
+def _decode(name: bytes) -> str:
+    try:
+        return name.decode()
+    except UnicodeDecodeError:
+        raise InvalidInput(f"file name {name!r} is not UTF-8: rename it (manifests are JSON)") from None
+
+
+def _list(ssh: SshRunner, root: str) -> list[tuple[str, str, int]]:
+    """(type letter as find's %y, path relative to root, size) of everything under root, in one command."""
+    with read_from(ssh, ["find", "-H", root, "-mindepth", "1", "-printf", r"%y\0%P\0%s\0"]) as stream:
+        fields = stream.read().split(b"\0")[:-1]  # ~80 bytes a file: a million files is 80 MB
+    entries = [(fields[i].decode(), _decode(fields[i + 1]), int(fields[i + 2])) for i in range(0, len(fields), 3)]
+    return sorted(entries, key=lambda e: e[1])  # by path: manifests of the same tree read the same
+
+
+def _hash(ssh: SshRunner, root: str, paths: list[str], largest: int) -> dict[str, str]:
+    """sha256 of each path (relative to root), computed on the host; names go in on stdin, NUL separated."""
+    if not paths:
+        return {}
+    names = b"".join(p.encode() + b"\0" for p in paths)
+    # sha256sum is silent while it reads one file: allow the largest one its time.
+    with read_from(ssh, ["sh", "-c", 'cd -- "$1" && exec xargs -0 -r sha256sum -z --', "sh", root], stdin=names,
+                   idle_timeout=IDLE_TIMEOUT + largest / HASH_RATE) as stream:
+        records = stream.read().split(b"\0")[:-1]
+    return {_decode(r[66:]): r[:64].decode() for r in records}  # "<64 hex>  <name>"
+
+
+class _Meter:
+    """Bytes done of the total, told to `progress` at most once a second."""
+
+    def __init__(self, total: int, progress: ProgressFn | None) -> None:
+        self.done, self.total, self._progress, self._last = 0, total, progress, 0.0
+
+    def add(self, n: int) -> None:
+        self.done += n
+        now = time.monotonic()
+        if self._progress is not None and now - self._last >= PROGRESS_EVERY:
+            self._last = now
+            self._progress(self.done, self.total)
+
+    def reader(self, source: IO[bytes]) -> IO[bytes]:
+        return _Counted(source, self.add)
+
+
+class _Counted(io.RawIOBase):
+    def __init__(self, source: IO[bytes], on_read: Callable[[int], None]) -> None:
+        self._source, self._on_read = source, on_read
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        data = self._source.read(len(b))
+        b[:len(data)] = data
+        self._on_read(len(data))
+        return len(data)
+
+
+# ------------------------------------------------------------------ the store's side
+
+
+def _store_allows(ssh: SshRunner, store: ObjectStore, what: str, action: ActionKind) -> bool:
+    return ssh.gate is None or ssh.gate.allows("s3", store.bucket, what, action=action)
+
+
+def _upload(ssh: SshRunner, store: ObjectStore, key: str, stream: EncryptingReader) -> objectstore.StoredObject | None:
+    """Upload through the gate (None in a dry run), audited like the database backup's uploads."""
+    if not _store_allows(ssh, store, f"upload {key}", ActionKind.upload):
+        return None
+    started = time.monotonic()
+    stored = objectstore.upload(store, key, stream, metadata={"kind": "snapshot"})
+    ssh.audit.action(f"s3:{store.bucket}", f"upload {key}", 0, time.monotonic() - started,
+                     action=ActionKind.upload, bytes=stored.size, sha256=stored.sha256)
+    return stored
+
+
+def _ref(stored: objectstore.StoredObject, enc: EncryptingReader, key: EncryptionKey) -> StoredRef:
+    return StoredRef(key=stored.key, size=stored.size, sha256=stored.sha256, encrypted_with=key.key_id,
+                     plaintext_size=enc.plaintext_size, plaintext_sha256=enc.plaintext_sha256)
+
+
+# ------------------------------------------------------------------ backup
+
+
+@dataclass
+class DatadirBackup:
+    archives: list[Archive] = field(default_factory=list)
+    files: list[BackupFile] = field(default_factory=list)
+    uploaded_bytes: int = 0  # stored bytes this backup sent
+    reused_bytes: int = 0  # stored bytes it points to in earlier backups' objects
+
+
+def backup_datadir(ssh: SshRunner, store: ObjectStore, key: EncryptionKey, datadir: str, layout: Layout,
+                   prefix: str, reusable: dict[tuple[str, int, str], StoredRef],
+                   progress: ProgressFn | None = None) -> DatadirBackup:
+    """Back up `datadir` on ssh's host under `prefix` (the backup's key prefix); the manifest is the caller's.
+
+    `reusable` is `manifest.reusable_segments(earlier, key.key_id)`. Raises
+    InvalidInput for special files, CommandFailed when a host command
+    fails, BackupIntegrityError when an immutable file changed meanwhile.
+    """
+    datadir = _absolute(datadir)
+    mutable, immutable, refused = [], [], []
+    for kind, path, size in _list(ssh, datadir):
+        if layout.excludes(path) or kind == "d":
+            continue
+        if kind != "f":
+            refused.append(f"{path!r} ({_KIND_NAMES.get(kind, 'find type ' + kind)})")
+        else:
+            (immutable if layout.is_immutable(path) else mutable).append((path, size))
+    if refused:
+        raise InvalidInput(f"{ssh.label}: {datadir} holds files a backup cannot restore faithfully: "
+                           + ", ".join(refused) + "; remove them or exclude them in the client's layout")
+    listed = mutable + immutable
+    sums = _hash(ssh, datadir, [p for p, _ in listed], max((s for _, s in listed), default=0))
+    meter = _Meter(sum(s for _, s in listed), progress)
+    result = DatadirBackup()
+
+    if mutable:
+        archive_key = objectstore.check_key(f"{prefix}/{ARCHIVE}")
+        names = b"".join(p.encode() + b"\0" for p, _ in mutable)
+        argv = ["tar", "-I", ZSTD, "-C", datadir, "--null", "--no-recursion", "--verbatim-files-from", "-T", "-",
+                "-cf", "-"]
+        with read_from(ssh, argv, stdin=names) as stream:
+            enc = EncryptingReader(meter.reader(stream), key)
+            stored = _upload(ssh, store, archive_key, enc)
+        if stored is not None:
+            result.archives.append(Archive(name=ARCHIVE, format="tar+zstd", object=_ref(stored, enc, key),
+                                           paths=sorted({p.split("/")[0] for p, _ in mutable})))
+            result.files += [BackupFile(path=p, size=s, sha256=sums[p], archive=ARCHIVE) for p, s in mutable]
+            result.uploaded_bytes += stored.size
+
+    for path, size in immutable:
+        digest = sums[path]
+        ref = reusable.get((path, size, digest))
+        found = objectstore.head(store, ref.key) if ref is not None else None
+        if ref is not None and found is not None and found.size == ref.size:
+            result.files.append(BackupFile(path=path, size=size, sha256=digest, object=ref, reused=True))
+            result.reused_bytes += ref.size
+            meter.add(size)
+            continue
+        object_key = segment_key(digest, key.key_id)
+        with read_from(ssh, ["cat", "--", posixpath.join(datadir, path)]) as stream:
+            enc = EncryptingReader(meter.reader(stream), key)
+            stored = _upload(ssh, store, object_key, enc)
+        if stored is None:
+            continue
+        if (enc.plaintext_size, enc.plaintext_sha256) != (size, digest):
+            if _store_allows(ssh, store, f"delete {object_key}", ActionKind.delete):
+                objectstore.delete(store, object_key)  # unique to this upload: nothing else names it
+            raise BackupIntegrityError(
+                f"{ssh.label}: {datadir}/{path} changed during the backup (listed {size} bytes sha256 {digest}, "
+                f"read {enc.plaintext_size} bytes sha256 {enc.plaintext_sha256}): stop the node and back up again")
+        result.files.append(BackupFile(path=path, size=size, sha256=digest, object=_ref(stored, enc, key)))
+        result.uploaded_bytes += stored.size
+    if progress is not None:
+        progress(meter.total, meter.total)
+    return result
+
+
+# ------------------------------------------------------------------ restore
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    files_checked: int
+    bytes_read: int  # stored (ciphertext) bytes read from the store
+
+
+_EMPTY_OR_ABSENT = ('if [ -e "$1" ] || [ -L "$1" ]; then [ -d "$1" ] && [ ! -L "$1" ] && [ -z "$(ls -A -- "$1")" ]'
+                    ' || exit 3; fi; mkdir -p -- "$1"')
+_PLACE_FILE = 'mkdir -p -- "$1" && cat > "$2" && mv -f -- "$2" "$3"'
+
+
+def restore_datadir(ssh: SshRunner, store: ObjectStore, key: EncryptionKey, manifest: Manifest, target_dir: str,
+                    progress: ProgressFn | None = None) -> RestoreResult:
+    """Restore the backup into `target_dir` on ssh's host (absent or empty) and check every file there.
+
+    Raises BackupIntegrityError (a tampered or corrupted object, a file that
+    differs, is missing or is extra) and InvalidInput (target not empty).
+    On failure the caller removes the target (`remove_dir`).
+    """
+    target = _absolute(target_dir)
+    made = ssh.run(["sh", "-c", _EMPTY_OR_ABSENT, "sh", target])
+    if made.exit_code == 3:
+        raise InvalidInput(f"{ssh.label}: {target} exists and is not an empty directory: restore refused, "
+                           "nothing was changed")
+    if not made.ok:
+        raise CommandFailed(made)
+    meter = _Meter(sum(f.size for f in manifest.files), progress)
+    read = 0
+    for archive in manifest.archives:
+        if archive.format != "tar+zstd":
+            raise InvalidInput(f"archive {archive.name} is {archive.format!r}, not a datadir's tar+zstd")
+        read += _restore_object(ssh, store, key, archive.object, ["tar", "-I", UNZSTD, "-xf", "-", "-C", target],
+                                meter, made.dry_run)
+    for f in manifest.files:
+        if f.object is not None:
+            final = posixpath.join(target, f.path)
+            read += _restore_object(ssh, store, key, f.object, ["sh", "-c", _PLACE_FILE, "sh", posixpath.dirname(final),
+                                                               final + RESTORE_SUFFIX, final], meter, made.dry_run)
+    if made.dry_run:
+        return RestoreResult(0, 0)
+    if problems := _compare(ssh, target, manifest.files):
+        shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
+        raise BackupIntegrityError(f"{ssh.label}: the restore into {target} does not match backup {manifest.key}: "
+                                   + "; ".join(shown))
+    if progress is not None:
+        progress(meter.total, meter.total)
+    return RestoreResult(len(manifest.files), read)
+
+
+def _restore_object(ssh: SshRunner, store: ObjectStore, key: EncryptionKey, ref: StoredRef, argv: list[str],
+                    meter: _Meter, dry_run: bool) -> int:
+    """Stream one object, checked and decrypted, into argv on the host; the stored bytes read."""
+    if ref.encrypted_with != key.key_id:
+        raise BackupIntegrityError(f"{ref.key} was encrypted with key {ref.encrypted_with}, the key given is "
+                                   f"{key.key_id}: load the key this backup was made with")
+    if dry_run:
+        write_to(ssh, argv, io.BytesIO())  # recorded by the gate; the store is not read
+        return 0
+    with objectstore.open_object(store, ref.key) as body:
+        hashed = HashingReader(body)
+        write_to(ssh, argv, meter.reader(DecryptingReader(io.BufferedReader(hashed, 1 << 20), key)))
+    if (hashed.size, hashed.sha256.hexdigest()) != (ref.size, ref.sha256):
+        raise BackupIntegrityError(f"{ref.key}: read back {hashed.size} bytes with sha256 {hashed.sha256.hexdigest()}, "
+                                   f"the manifest records {ref.size} bytes with sha256 {ref.sha256}")
+    return hashed.size
+
+
+def _compare(ssh: SshRunner, target: str, files: list[BackupFile]) -> list[str]:
+    """What differs between the tree on the host and the manifest's files (sizes and sha256 re-read there)."""
+    entries = _list(ssh, target)
+    found = {p: s for kind, p, s in entries if kind == "f"}
+    sums = _hash(ssh, target, sorted(found), max(found.values(), default=0))
+    expected = {f.path: f for f in files}
+    problems = [f"{p!r} is missing" for p in sorted(expected.keys() - found.keys())]
+    problems += [f"{p!r} is not in the backup" for p in sorted(found.keys() - expected.keys())]
+    problems += [f"{p!r} is not a regular file or directory" for kind, p, _ in entries if kind not in "fd"]
+    for p in sorted(expected.keys() & found.keys()):
+        f = expected[p]
+        if (found[p], sums.get(p)) != (f.size, f.sha256):
+            problems.append(f"{p!r} has {found[p]} bytes sha256 {sums.get(p)}, the backup {f.size} bytes sha256 {f.sha256}")
+    return problems
+
+
+def remove_dir(ssh: SshRunner, path: str, *, parent: str) -> None:
+    """`rm -rf` a restore's staging directory, only strictly inside `parent` (never '/', '' or elsewhere)."""
+    p, top = _absolute(path), _absolute(parent)
+    if ".." in path.split("/") or p == top or posixpath.commonpath([p, top]) != top:
+        raise InvalidInput(f"refusing to remove {path!r}: only a directory strictly inside {parent!r} may be removed")
+    ssh.run(["rm", "-rf", "--", p], check=True, timeout=3600)
