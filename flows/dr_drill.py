@@ -128,7 +128,7 @@ class DrDrill:
                 staging = stage_restore(rb, ssh, self.store, self.key, m, t.datadir, started_at, name)
                 swap_in(rb, ssh, t.datadir, staging, sibling(t.datadir, "drill-leftover", started_at))
                 remove_dir(ssh, sibling(t.datadir, "drill-leftover", started_at),
-                           parent=t.datadir.rstrip("/").rsplit("/", 1)[0], missing_ok=True)
+                           parent=t.datadir.rstrip("/").rsplit("/", 1)[0])
                 restored_s = time.monotonic() - started
                 up = start_service(rb, ssh, name)
             after = wait_until_synced(rb, name, rb.inventory.chain_of(self.node).recovery_deadline_seconds)

@@ -77,7 +77,8 @@ START_ATTEMPTS = 3  # a dropped SSH connection must not leave the node stopped
 def stream_datadir(rb: Runbook, ssh, node: str, store, key, prefix: str, reusable: dict):
     n = rb.node(node)
     progress = TransferProgress(f"snapshot of {node}", f"snapshot-{node}-progress")
-    return backup_datadir(ssh, store, key, n.datadir, layout_for(n.client.value), prefix, reusable, progress=progress)
+    return backup_datadir(ssh, store, key, n.datadir, layout_for(n.client.value), prefix, reusable, progress=progress,
+                          owner=node)
 
 
 @dataclass
@@ -215,7 +216,10 @@ class SnapshotBackup:
 def owned_by(key: str, node: str) -> bool:
     """Is this object key written by a snapshot of `node`? Its archives live under its prefix; its
     segment objects carry its name (tasks/backups/manifest.py segment_key)."""
-    return key.startswith(f"backups/snapshot/{node}/") or (key.startswith("segments/") and f".{node}." in key)
+    if key.startswith(f"backups/snapshot/{node}/"):
+        return True
+    # segments/<key id>/sha256/<ab>/<sha256>.<owner>.<token>: the owner may hold dots itself
+    return key.startswith("segments/") and key.rsplit("/", 1)[-1].partition(".")[2].rpartition(".")[0] == node
 
 
 @flow(name="snapshot-backup", log_prints=True)

@@ -231,10 +231,11 @@ class DatadirBackup:
 
 def backup_datadir(ssh: SshRunner, store: ObjectStore, key: EncryptionKey, datadir: str, layout: Layout,
                    prefix: str, reusable: dict[tuple[str, int, str], StoredRef],
-                   progress: ProgressFn | None = None) -> DatadirBackup:
+                   progress: ProgressFn | None = None, owner: str | None = None) -> DatadirBackup:
     """Back up `datadir` on ssh's host under `prefix` (the backup's key prefix); the manifest is the caller's.
 
-    `reusable` is `manifest.reusable_segments(earlier, key.key_id)`. Raises
+    `reusable` is `manifest.reusable_segments(earlier, key.key_id)`; `owner`
+    (the node) goes into new segment objects' names (`segment_key`). Raises
     InvalidInput for special files, CommandFailed when a host command
     fails, BackupIntegrityError when an immutable file changed meanwhile.
     """
@@ -278,7 +279,7 @@ def backup_datadir(ssh: SshRunner, store: ObjectStore, key: EncryptionKey, datad
             result.reused_bytes += ref.size
             meter.add(size)
             continue
-        object_key = segment_key(digest, key.key_id)
+        object_key = segment_key(digest, key.key_id, owner)
         with read_from(ssh, ["cat", "--", posixpath.join(datadir, path)]) as stream:
             enc = EncryptingReader(meter.reader(stream), key)
             stored = _upload(ssh, store, object_key, enc)
