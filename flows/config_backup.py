@@ -165,7 +165,7 @@ class ConfigBackup:
 
 @flow(name="config-backup", log_prints=True)
 def config_backup(
-    hosts: Annotated[list[NodeName] | None, Field(description="The hosts to back up; empty: every host")] = None,
+    hosts: Annotated[list[NodeName] | None, Field(max_length=2000, description="The hosts to back up; empty: every host")] = None,
     dry_run: Annotated[bool, Field(description="Show what would be read and uploaded; upload nothing")] = False,
     trigger_event_id: AUTOMATION_ONLY = None,
 ) -> dict:

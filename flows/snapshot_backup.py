@@ -236,7 +236,7 @@ def snapshot_backup(
 
 @flow(name="snapshot-backups", log_prints=True)
 def snapshot_backups(
-    nodes: Annotated[list[NodeName] | None, Field(description="The nodes to back up; empty: every node")] = None,
+    nodes: Annotated[list[NodeName] | None, Field(max_length=2000, description="The nodes to back up; empty: every node")] = None,
     dry_run: Annotated[bool, Field(description="Plan each one; stop nothing, upload nothing")] = False,
 ) -> dict:
     """The weekly snapshot of the fleet: each node in turn, as its own snapshot-backup run (own lease, audit,

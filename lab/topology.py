@@ -146,7 +146,7 @@ STANDBYS: dict[str, LabNode] = {
 # holds it: segment files written once and never changed (anvil ignores them).
 # Nodes of one chain hold the same segments, as real ones do. Small in the lab
 # so the suite stays fast; the benchmarks build 200 MiB and 2 GiB datadirs.
-SEGMENT_FILES, SEGMENT_BYTES = 4, 1536 * 1024
+SEGMENT_FILES, SEGMENT_BYTES = 8, 3 * 1024 * 1024
 
 # Thresholds written into the inventory for both chains.
 CHAIN_THRESHOLDS = {

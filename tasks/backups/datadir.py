@@ -118,8 +118,9 @@ LAYOUTS: dict[str, Layout] = {
     # Erigon writes segments under a temporary name and renames them, so a *.seg is final;
     # temp/ is its ETL scratch and mdbx.lck a lock file mdbx rebuilds.
     "erigon": Layout(_ERIGON_SEGMENTS, ("*.tmp", "temp/", "*.lck")),
-    # The lab's client: home/ is anvil's scratch history, sync-held a lab fault marker.
-    "anvil": Layout(("snapshots/*.seg",), ("home/**", "sync-held")),
+    # The lab's client: segments and their indexes as Erigon keeps them (lab/datadir.py);
+    # home/ is anvil's scratch history, sync-held a lab fault marker.
+    "anvil": Layout(("snapshots/*.seg", "snapshots/*.idx"), ("home/**", "sync-held")),
 }
 DEFAULT_LAYOUT = Layout()  # every file mutable: correct for any client, just without reuse
 
