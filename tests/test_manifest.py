@@ -61,8 +61,11 @@ def test_the_key_layout_is_sortable_and_safe():
     first, second = mf.segment_key("ab" * 32, KEY.key_id), mf.segment_key("ab" * 32, KEY.key_id)
     # Unique per upload: concurrent backups never overwrite each other's ciphertext.
     assert re.fullmatch(f"segments/{KEY.key_id}/sha256/ab/{'ab' * 32}" + r"\.[0-9a-f]{12}", first) and first != second
+    # The node whose backup uploaded it is in the name: its next backup aborts only its own leftovers.
+    assert re.fullmatch(f"segments/{KEY.key_id}/sha256/ab/{'ab' * 32}" + r"\.eth\.a\.[0-9a-f]{12}",
+                        mf.segment_key("ab" * 32, KEY.key_id, "eth.a"))
     assert mf.verification_key(m.key, T0 + timedelta(hours=1)) == \
-        "backups/config/erigon-1/20261204T142227Z/verified/20261204T152227Z.json"
+        f"backups/config/erigon-1/20261204T142227Z/verified/20261204T152227.{T0.microsecond:06d}Z.json"
     with pytest.raises(ValidationError):
         mf.Manifest(kind="config", node="../etc", host="h1", created_at=T0)
     with pytest.raises(ValidationError):

@@ -16,7 +16,7 @@ Key layout (relative to the ObjectStore block's prefix):
 
     backups/<kind>/<node>/<YYYYMMDDTHHMMSSZ>/manifest.json     the manifest
     backups/<kind>/<node>/<YYYYMMDDTHHMMSSZ>/<archive name>    mutable parts (tar | zstd [| encrypt])
-    backups/<kind>/<node>/<YYYYMMDDTHHMMSSZ>/verified/<YYYYMMDDTHHMMSSZ>.json   verification records
+    backups/<kind>/<node>/<YYYYMMDDTHHMMSSZ>/verified/<YYYYMMDDTHHMMSS.ffffffZ>.json   verification records
     segments/<key id or plain>/sha256/<ab>/<sha256>.<token>    immutable files, by content + a random token
 
 Immutable files (Erigon's snapshot segments) are stored once, by plaintext
@@ -223,7 +223,9 @@ def segment_key(sha256: str, key_id: str | None, owner: str | None = None) -> st
 
 
 def verification_key(manifest_key: str, at: datetime) -> str:
-    return objectstore.check_key(f"{manifest_key.removesuffix('/' + MANIFEST)}/verified/{stamp(at)}.json")
+    """Microseconds too: a backup's own read-back and verify-backups may check it within one second."""
+    moment = f"{stamp(at).removesuffix('Z')}.{at.astimezone(timezone.utc).microsecond:06d}Z"
+    return objectstore.check_key(f"{manifest_key.removesuffix('/' + MANIFEST)}/verified/{moment}.json")
 
 
 # ------------------------------------------------------------------ store
