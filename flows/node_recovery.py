@@ -144,7 +144,10 @@ class RecoverNode:
         """The node stays out of rotation if it was drained; the frame escalates and fails the run."""
         where = "left out of rotation" if drained else "rotation unchanged"
         return Failed(kind, self.node, f"{self.node} did not recover: {why}; {where}",
-                      {"before": f"{self.before.status}: {self.before.reason}", "rotation": where})
+                      {"before": f"{self.before.status}: {self.before.reason}", "rotation": where,
+                       # The seed's "failover and rebuild", when a restart cannot fix it.
+                       "rebuild": f"run restore-node (node={self.node}): its newest verified snapshot, in place "
+                                  "or on a standby host (target_host)"})
 
 
 @flow(name="node-recovery", log_prints=True)
