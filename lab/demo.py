@@ -1,6 +1,8 @@
 """`make demo`: a local fleet, a Prefect server and worker, every deployment,
-a broken node fixed by the runbook with no human action, and the nightly
-database backup run and proved restorable.
+a broken node fixed by the runbook with no human action, then the backup
+runbooks doing real work through the worker: the nightly database backup
+proved restorable, a node snapshot, the hosts' configuration, and a
+disaster-recovery drill restoring that snapshot onto the standby host.
 
     python -m lab.demo [--node eth-b] [--fault stall]
 """
@@ -27,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.update(services.runbook_env(paths))
 
     if not control.is_up():
-        print("starting the lab: 3 hosts (sshd + supervisord), 5 nodes, 2 references, HAProxy, Prefect server and worker")
+        print("starting the lab: 4 hosts (sshd + supervisord; h4 the standby), 5 nodes, 2 references, HAProxy, Prometheus, "
+              "Alertmanager, SeaweedFS, PostgreSQL, Prefect server and worker")
         control.up()
     from deployments import register
     from lab.blocks import save_lab_blocks
@@ -67,8 +70,20 @@ def main(argv: list[str] | None = None) -> int:
           + (f" (alert {trigger['alert']['alertname']}, fingerprint {trigger['alert']['fingerprint']})"
              if trigger.get("alert") else ""))
     fixed_after = time.time() - fault_at
-    backup = demo_database_backup()
+    backups = [
+        demo_run("database-backup", {"database": topology.DB_NAME},
+                 "nightly at 01:30 UTC: pg_dump of the MEV database on h3 -> zstd -> AES-256-GCM -> SeaweedFS, "
+                 "then a scratch restore compared table by table"),
+        demo_run("snapshot-backup", {"node": "eth-a"},
+                 "weekly, Sunday 03:00 UTC: eth-a drained and stopped, its datadir streamed (tar | zstd on the host, "
+                 "segments deduplicated) into the store, started, back in rotation, read back"),
+        demo_run("config-backup", {}, "daily at 02:00 UTC: every host's node and service configuration, and HAProxy's"),
+        demo_run("dr-drill", {"target": "lab-eth", "standby_host": topology.STANDBY_HOST},
+                 f"monthly: the newest verified lab-eth snapshot restored onto the standby {topology.STANDBY_HOST}, "
+                 "proved on the same chain and caught up, RTO and RPO measured, torn down"),
+    ]
     ui = topology.PREFECT_API_URL.removesuffix("/api")
+    runs = "\n".join(f"  {r.name:16s}{ui}/runs/flow-run/{r.id}" for r in backups)
     print(f"""
 {args.node}: {run.state.name} {fixed_after:.0f}s after the fault, no human action.
 
@@ -80,25 +95,26 @@ Where to look:
   Slack messages  curl -s http://{topology.STUB_HOST}:{topology.STUB_PORT}/_records
   the fleet       uv run python -m lab status
 
-  the backup      {ui}/runs/flow-run/{backup.id}
+The backups (each run's artifacts hold its audit record; the drill's its RTO/RPO report):
+{runs}
 
 Stop everything with: make demo-down""")
-    return 0 if run.state.is_completed() and backup.state.is_completed() else 1
+    return 0 if run.state.is_completed() and all(r.state.is_completed() for r in backups) else 1
 
 
-def demo_database_backup():
-    """The nightly database backup, run now through the worker: dump, encrypt, upload, restore-check."""
+def demo_run(deployment: str, parameters: dict, what: str):
+    """Run a deployment now through the worker and print its outcome from its audit record."""
     from prefect.deployments import run_deployment
 
-    print("\nrunning database-backup now (nightly at 01:30 UTC): pg_dump of the MEV database on h3 -> zstd -> "
-          "AES-256-GCM -> SeaweedFS, then a scratch restore compared table by table")
-    started = time.monotonic()
-    run = run_deployment("database-backup/database-backup", parameters={"database": topology.DB_NAME}, timeout=300)
     from tasks.audit import read_entries
 
+    print(f"\nrunning {deployment} now ({what})")
+    started = time.monotonic()
+    run = run_deployment(f"{deployment}/{deployment}", parameters=parameters, timeout=600)
     outcome = [e["data"] for e in read_entries(run_id=str(run.id)) if e["kind"] == "outcome"]
     detail = outcome[-1].get("detail") if outcome else (run.state.message if run.state else "?")
-    print(f"  {time.monotonic() - started:5.1f}s  database-backup {run.name}: {run.state.name if run.state else '?'}: {detail}")
+    print(f"  {time.monotonic() - started:5.1f}s  {deployment} {run.name}: {run.state.name if run.state else '?'}: {detail}")
+    run.name = deployment  # labels the run in the summary
     return run
 
 
