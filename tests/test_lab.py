@@ -17,7 +17,7 @@ from slack_sdk import WebClient
 
 import lab as lab_api
 from inventory import load_inventory
-from lab import haproxy
+from lab import haproxy, topology
 
 pytestmark = pytest.mark.lab
 REPO = Path(__file__).resolve().parents[1]
@@ -99,7 +99,8 @@ def healed(lab):
 def test_inventory_validates_and_matches_the_running_lab(lab):
     inv = load_inventory(lab["inventory"])
     assert set(inv.nodes) == set(lab["nodes"]) == {"eth-a", "eth-b", "eth-c", "op-a", "op-b"}
-    assert set(inv.hosts) == set(lab["hosts"]) == {"h1", "h2", "h3"}
+    assert set(inv.hosts) == set(lab["hosts"]) == {"h1", "h2", "h3", "h4"}
+    assert set(inv.hosts["h4"].standby) == set(topology.CHAINS)  # the standby: one slot per chain
     assert [str(u) for u in inv.chains["lab-eth"].references] == ["http://10.213.7.1:8545/"]
     for name, node in inv.nodes.items():
         assert str(node.rpc_url).rstrip("/") == lab["nodes"][name]["rpc_url"]

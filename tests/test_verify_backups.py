@@ -35,6 +35,11 @@ def put(store, key: str, data: bytes) -> mf.StoredRef:
     return mf.StoredRef(key=key, size=len(data), sha256=hashlib.sha256(data).hexdigest())
 
 
+# One key per segment content, as a later backup reuses the StoredRef of the first upload
+# (segment_key is unique per upload).
+SEGMENT_KEYS: dict[str, str] = {}
+
+
 def backup(store, node: str, created: datetime, segments: dict[str, bytes] = {}) -> mf.Manifest:  # noqa: B006
     """A complete backup: an archive of its own and, optionally, segment files stored by content (shared)."""
     shell = mf.Manifest(kind="database", node=node, host="h3", created_at=created)
@@ -43,7 +48,7 @@ def backup(store, node: str, created: datetime, segments: dict[str, bytes] = {})
     for path, data in segments.items():
         digest = hashlib.sha256(data).hexdigest()
         files.append(mf.BackupFile(path=path, size=len(data), sha256=digest,
-                                   object=put(store, mf.segment_key(digest, None), data)))
+                                   object=put(store, SEGMENT_KEYS.setdefault(digest, mf.segment_key(digest, None)), data)))
     manifest = mf.Manifest(kind="database", node=node, host="h3", created_at=created, archives=[archive], files=files)
     mf.write_manifest(store, manifest)
     return mf.read_manifest(store, manifest.key)
@@ -111,7 +116,7 @@ def test_the_rotation_over_a_real_store_credits_recorded_checks_and_counts_a_sha
     segment = os.urandom(500)
     made = [backup(store, f"n{i}", T0 - timedelta(days=10 - i), {"seg/0001.seg": segment}) for i in range(6)]
     found = verify.survey(store)
-    segment_key = mf.segment_key(hashlib.sha256(segment).hexdigest(), None)
+    segment_key = SEGMENT_KEYS[hashlib.sha256(segment).hexdigest()]
     assert set(found.manifests) == {m.key for m in made} and not found.unreadable and not found.conflicts
     assert len(found.objects) == 7 and sorted(found.named_by[segment_key]) == sorted(m.key for m in made)
     period, seen = 3, {}
