@@ -37,6 +37,9 @@ from tasks.runbook import Done, Failed, Runbook
 from tasks.vocabulary import AUTOMATION_ONLY, ActionKind, Outcome
 
 Keep = Annotated[int, Field(ge=0, le=3650)]
+# A segment object no manifest names: left by a snapshot that failed or died (a running one
+# names its segments only in its manifest, written last, so give it two days to finish).
+ORPHAN_SEGMENT_GRACE = timedelta(hours=48)
 
 
 def stored_backups(store) -> list[Backup]:
@@ -87,9 +90,14 @@ class PruneBackups:
         self.retention = plan_retention(self.backups.values(), datetime.now(timezone.utc),
                                         RetentionPolicy(self.keep_daily, self.keep_weekly, self.keep_monthly,
                                                         incomplete_grace=timedelta(hours=24)))
-        steps = [f"delete {b} ({why.value})" for b, why in self.retention.deleted.items()] or ["delete nothing"]
-        return Plan(steps, {"backups": len(self.backups), "kept": len(self.retention.kept),
-                            "deleted": len(self.retention.deleted)})
+        named = set().union(*(b.objects for b in self.backups.values()))
+        cutoff = datetime.now(timezone.utc) - ORPHAN_SEGMENT_GRACE
+        self.orphans = sorted(o.key for o in objectstore.list_objects(self.store, "segments/")
+                              if o.key not in named and o.last_modified is not None and o.last_modified <= cutoff)
+        steps = [f"delete {b} ({why.value})" for b, why in self.retention.deleted.items()]
+        steps += [f"delete {k} (a segment no backup names, older than {ORPHAN_SEGMENT_GRACE})" for k in self.orphans]
+        return Plan(steps or ["delete nothing"], {"backups": len(self.backups), "kept": len(self.retention.kept),
+                                                  "deleted": len(self.retention.deleted), "orphans": len(self.orphans)})
 
     def act(self, rb: Runbook, plan: Plan) -> dict:
         deletable = set(self.retention.deletable_objects)
@@ -97,7 +105,7 @@ class PruneBackups:
         rb.audit.state("kept", {b: [r.value for r in why] for b, why in self.retention.kept.items()})
         rb.step("delete")
         deleted = 0
-        for key in manifests + sorted(deletable - set(manifests)):  # manifests first: see the module's docstring
+        for key in manifests + sorted(deletable - set(manifests)) + self.orphans:  # manifests first: see the docstring
             if rb.gate.allows("s3", self.store.bucket, f"delete {key}", action=ActionKind.delete):
                 started = time.monotonic()
                 objectstore.delete(self.store, key)
@@ -111,8 +119,9 @@ class PruneBackups:
                          f"{', '.join(left[:5])}", {"store": self.store.bucket})
         detail = (f"{len(self.backups)} backups: kept {len(self.retention.kept)}, deleted "
                   f"{len(self.retention.deleted)} ({deleted} objects)")
-        raise Done(Outcome.succeeded if self.retention.deleted else Outcome.noop, "pruned", detail,
-                   kept=sorted(self.retention.kept), deleted=sorted(self.retention.deleted))
+        detail += f", {len(self.orphans)} orphaned segment objects" if self.orphans else ""
+        raise Done(Outcome.succeeded if self.retention.deleted or self.orphans else Outcome.noop, "pruned", detail,
+                   kept=sorted(self.retention.kept), deleted=sorted(self.retention.deleted), orphans=self.orphans)
 
 
 @flow(name="prune-backups", log_prints=True)

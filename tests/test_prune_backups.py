@@ -66,3 +66,24 @@ def test_retention_keeps_what_the_policy_says_and_never_the_last_verified_backup
 
     again = prune_backups(keep_daily=3, keep_weekly=0, keep_monthly=0)
     assert set(prefixes(store, node)) == set(left) and made[3] not in again["deleted"]  # idempotent
+
+
+def test_a_segment_no_backup_names_goes_after_the_grace_and_a_named_one_stays(store, monkeypatch):
+    import flows.prune_backups as prune
+    from tasks.backups.manifest import BackupFile, segment_key
+
+    node = f"seg-{uuid.uuid4().hex[:8]}"
+    data = b"an immutable segment"
+    digest = hashlib.sha256(data).hexdigest()
+    named_key, orphan_key = segment_key(digest, None, node), segment_key(digest, None, node)
+    for key in (named_key, orphan_key):
+        objectstore.put_bytes(store, key, data)
+    ref = StoredRef(key=named_key, size=len(data), sha256=digest)
+    write_manifest(store, Manifest(kind="snapshot", node=node, host="h1", created_at=datetime.now(timezone.utc),
+                                   files=[BackupFile(path="snapshots/a.seg", size=len(data), sha256=digest, object=ref)]))
+
+    assert orphan_key not in prune_backups(dry_run=True)["detail"]  # younger than the grace: left alone
+    monkeypatch.setattr(prune, "ORPHAN_SEGMENT_GRACE", timedelta(0))
+    result = prune_backups()
+    assert orphan_key in result["orphans"] and named_key not in result["orphans"]
+    assert objectstore.head(store, orphan_key) is None and objectstore.head(store, named_key) is not None
