@@ -2,7 +2,8 @@
 
 sshd runs on 127.0.0.1 on a free port with its own host key, key-only
 logins for the unprivileged user `rbtest` (created here if missing), and is
-stopped by PID at the end. Import the fixtures into a test module
+stopped by PID at the end (`start_sshd` / `stop_sshd` outside pytest, e.g. in
+bench/). Import the fixtures into a test module
 (`from tests.sshd import audit, sshd`) and mark it `pytestmark = requires_sshd`.
 """
 
@@ -15,7 +16,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,7 @@ class Sshd:
     host_pub: str  # "ssh-ed25519 AAAA..."
     client_key: str
     client_rsa_key: str
+    proc: subprocess.Popen | None = field(default=None, repr=False, compare=False)
 
     @property
     def known_hosts(self) -> str:
@@ -80,12 +82,15 @@ class Sshd:
         return Host(address="127.0.0.1", ssh_port=self.port, ssh_user=USER, ssh_identity_block="lab-ssh")
 
 
-@pytest.fixture(scope="module")
-def sshd():
+def start_sshd(parent: str = "/tmp") -> Sshd:
+    """Start sshd for USER on a free loopback port; a plain function (the fixture and bench/ use it).
+
+    Stop it with `stop_sshd`. `parent` must let USER read the key files (not a 0700 tree).
+    """
     ensure_user(USER)
     os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
-    # Under /tmp (not pytest's 0700 tmp tree): sshd reads authorized_keys as the user.
-    d = Path(tempfile.mkdtemp(prefix="rb-sshd-", dir="/tmp"))
+    # Not under pytest's 0700 tmp tree: sshd reads authorized_keys as the user.
+    d = Path(tempfile.mkdtemp(prefix="rb-sshd-", dir=parent))
     d.chmod(0o755)
     _, host_pub = keygen(d / "host_key")
     client_key, client_pub = keygen(d / "client_key")
@@ -113,10 +118,25 @@ def sshd():
                 time.sleep(0.02)
         if proc.poll() is None:
             break
-    assert proc is not None and proc.poll() is None, (d / "sshd.log").read_text()
-    yield Sshd(d, port, proc.pid, " ".join(host_pub.split()[:2]), client_key, rsa_key)
-    stop_process(proc, grace=5)
-    shutil.rmtree(d, ignore_errors=True)
+    if proc is None or proc.poll() is not None:
+        text = (d / "sshd.log").read_text()
+        shutil.rmtree(d, ignore_errors=True)
+        raise RuntimeError(f"sshd did not start: {text}")
+    return Sshd(d, port, proc.pid, " ".join(host_pub.split()[:2]), client_key, rsa_key, proc)
+
+
+def stop_sshd(server: Sshd) -> None:
+    """Stop the sshd `start_sshd` started, by PID (its own session), and remove its directory."""
+    if server.proc is not None:
+        stop_process(server.proc, grace=5)
+    shutil.rmtree(server.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def sshd():
+    server = start_sshd()
+    yield server
+    stop_sshd(server)
 
 
 @pytest.fixture
