@@ -218,8 +218,8 @@ def owned_by(key: str, node: str) -> bool:
     segment objects carry its name (tasks/backups/manifest.py segment_key)."""
     if key.startswith(f"backups/snapshot/{node}/"):
         return True
-    # segments/<key id>/sha256/<ab>/<sha256>.<owner>.<token>: the owner may hold dots itself
-    return key.startswith("segments/") and key.rsplit("/", 1)[-1].partition(".")[2].rpartition(".")[0] == node
+    parts = key.split("/")  # segments/<key id>/<owner>/<token>
+    return len(parts) == 4 and parts[0] == "segments" and parts[2] == node
 
 
 @flow(name="snapshot-backup", log_prints=True)

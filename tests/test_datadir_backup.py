@@ -171,6 +171,37 @@ def test_a_restored_tree_that_differs_from_the_manifest_is_refused(sshd, audit, 
             dd.restore_datadir(ssh, store, KEY, lying, str(lab_dir / "restore"))
 
 
+def test_a_segment_that_differs_from_its_record_is_never_renamed_into_place(sshd, audit, store, lab_dir):
+    data = make_datadir(lab_dir)
+    with runner(sshd, audit) as ssh:
+        _, m1 = backup(ssh, store, data)
+        seg = next(f for f in m1.files if f.object)
+        lying = Manifest.model_validate(m1.model_dump() | {"files": [
+            f.model_dump() | ({"sha256": "0" * 64} if f.path == seg.path else {}) for f in m1.files]})
+        with pytest.raises(BackupIntegrityError, match=f"the manifest says {seg.path} has"):
+            dd.restore_datadir(ssh, store, KEY, lying, str(lab_dir / "restore"))
+    # The checked-as-it-streams segment stopped its command before EOF: no file under its own name.
+    assert not (lab_dir / "restore" / seg.path).exists()
+
+
+def test_a_segment_that_grows_during_the_backup_fails_it(sshd, audit, store, lab_dir):
+    data = make_datadir(lab_dir)
+    seg = data / "snapshots" / "v1-000000-000001-headers.seg"
+    listed = dd._list
+
+    def list_then_append(ssh, root):  # the file grows between the listing and its `cat`
+        entries = listed(ssh, root)
+        with seg.open("ab") as f:
+            f.write(b"more")
+        return entries
+
+    with runner(sshd, audit) as ssh, pytest.MonkeyPatch.context() as mp:
+        mp.setattr(dd, "_list", list_then_append)
+        with pytest.raises(BackupIntegrityError, match="changed during the backup"):
+            dd.backup_datadir(ssh, store, KEY, str(data), LAYOUT, "backups/snapshot/n/x", {})
+    assert [o.key for o in objectstore.list_objects(store, "segments/")] == []
+
+
 def test_restore_refuses_a_non_empty_target_and_remove_dir_stays_inside_its_parent(sshd, audit, store, lab_dir):
     data = make_datadir(lab_dir)
     before = tree(data)

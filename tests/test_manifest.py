@@ -39,7 +39,7 @@ def snapshot_backup(store, created_at: datetime, segments: dict[str, bytes], ear
         digest = hashlib.sha256(data).hexdigest()
         ref = reusable.get((path, len(data), digest))
         if ref is None:
-            ref = put_encrypted(store, mf.segment_key(digest, KEY.key_id), data)
+            ref = put_encrypted(store, mf.segment_key(KEY.key_id), data)
             uploaded.append(path)
         files.append(mf.BackupFile(path=path, size=len(data), sha256=digest, object=ref, reused=path not in uploaded))
     chaindata = os.urandom(3000)
@@ -58,12 +58,14 @@ def test_the_key_layout_is_sortable_and_safe():
     m = mf.Manifest(kind="config", node="erigon-1", host="h1", created_at=T0)
     assert m.key == "backups/config/erigon-1/20261204T142227Z/manifest.json"
     assert m.archive_key("etc.tar.zst.enc") == "backups/config/erigon-1/20261204T142227Z/etc.tar.zst.enc"
-    first, second = mf.segment_key("ab" * 32, KEY.key_id), mf.segment_key("ab" * 32, KEY.key_id)
+    first, second = mf.segment_key(KEY.key_id), mf.segment_key(KEY.key_id)
     # Unique per upload: concurrent backups never overwrite each other's ciphertext.
-    assert re.fullmatch(f"segments/{KEY.key_id}/sha256/ab/{'ab' * 32}" + r"\.[0-9a-f]{12}", first) and first != second
+    assert re.fullmatch(f"segments/{KEY.key_id}/_/" + r"[0-9a-f]{16}", first) and first != second
     # The node whose backup uploaded it is in the name: its next backup aborts only its own leftovers.
-    assert re.fullmatch(f"segments/{KEY.key_id}/sha256/ab/{'ab' * 32}" + r"\.eth\.a\.[0-9a-f]{12}",
-                        mf.segment_key("ab" * 32, KEY.key_id, "eth.a"))
+    owned = mf.segment_key(KEY.key_id, "eth.a")
+    assert re.fullmatch(f"segments/{KEY.key_id}/eth\\.a/" + r"[0-9a-f]{16}", owned)
+    from flows.snapshot_backup import owned_by
+    assert owned_by(owned, "eth.a") and not owned_by(owned, "eth") and not owned_by(first, "eth.a")
     assert mf.verification_key(m.key, T0 + timedelta(hours=1)) == \
         f"backups/config/erigon-1/20261204T142227Z/verified/20261204T152227.{T0.microsecond:06d}Z.json"
     with pytest.raises(ValidationError):

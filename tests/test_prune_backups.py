@@ -75,7 +75,7 @@ def test_a_segment_no_backup_names_goes_after_the_grace_and_a_named_one_stays(st
     node = f"seg-{uuid.uuid4().hex[:8]}"
     data = b"an immutable segment"
     digest = hashlib.sha256(data).hexdigest()
-    named_key, orphan_key = segment_key(digest, None, node), segment_key(digest, None, node)
+    named_key, orphan_key = segment_key(None, node), segment_key(None, node)
     for key in (named_key, orphan_key):
         objectstore.put_bytes(store, key, data)
     ref = StoredRef(key=named_key, size=len(data), sha256=digest)

@@ -48,7 +48,7 @@ def backup(store, node: str, created: datetime, segments: dict[str, bytes] = {})
     for path, data in segments.items():
         digest = hashlib.sha256(data).hexdigest()
         files.append(mf.BackupFile(path=path, size=len(data), sha256=digest,
-                                   object=put(store, SEGMENT_KEYS.setdefault(digest, mf.segment_key(digest, None)), data)))
+                                   object=put(store, SEGMENT_KEYS.setdefault(digest, mf.segment_key(None)), data)))
     manifest = mf.Manifest(kind="database", node=node, host="h3", created_at=created, archives=[archive], files=files)
     mf.write_manifest(store, manifest)
     return mf.read_manifest(store, manifest.key)

@@ -208,18 +208,19 @@ def backup_prefix(kind: str, node: str, created_at: datetime) -> str:
     return objectstore.check_key(f"backups/{kind}/{node}/{stamp(created_at)}")
 
 
-def segment_key(sha256: str, key_id: str | None, owner: str | None = None) -> str:
-    """A new, unique key for one upload of an immutable file: by content and key, plus a random token.
+def segment_key(key_id: str | None, owner: str | None = None) -> str:
+    """A new, unique key for one upload of an immutable file: `segments/<key id>/<owner>/<random token>`.
 
     Unique because two backups uploading the same file at once would
     otherwise write different ciphertexts (random salts) to one key, and the
     loser's manifest would record a sha256 the object no longer has. Reuse
-    goes through earlier manifests' StoredRefs, never through key equality.
+    goes through earlier manifests' StoredRefs, never through key equality,
+    so the name needs no content hash: the file is hashed as it streams, and
+    naming it by its sha256 would mean reading it on the host once more first.
     `owner` (the node whose backup uploads it) is in the name so that node's
     next backup can find and abort its own half-written uploads.
     """
-    tail = f"{owner}.{secrets.token_hex(6)}" if owner else secrets.token_hex(6)
-    return objectstore.check_key(f"segments/{key_id or 'plain'}/sha256/{sha256[:2]}/{sha256}.{tail}")
+    return objectstore.check_key(f"segments/{key_id or 'plain'}/{owner or '_'}/{secrets.token_hex(8)}")
 
 
 def verification_key(manifest_key: str, at: datetime) -> str:
