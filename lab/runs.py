@@ -30,7 +30,9 @@ def set_automation(enabled: bool, schedules: bool | None = None) -> None:
     with prefect_api.client(TIMEOUT_S, retries=True) as client:
         for d in client.read_deployments():
             for s in d.schedules:
-                client.update_deployment_schedule(d.id, s.id, active=schedules)
+                # Prefect 3.9's server clears a schedule's parameters on a PATCH that omits
+                # them: send them back, or dr-drill's schedule would run with none.
+                client.update_deployment_schedule(d.id, s.id, active=schedules, parameters=s.parameters or {})
         for a in client.read_automations():
             (client.resume_automation if enabled else client.pause_automation)(a.id)
 

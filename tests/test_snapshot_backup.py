@@ -162,3 +162,37 @@ def test_a_dry_run_snapshot_stops_nothing_and_uploads_nothing(store):
     assert "drain" in result["detail"] and "stop" in result["detail"]
     assert {m.key for m in list_manifests(store, "snapshot", "op-a")} == before
     assert fleet.spawns("op-a") == spawns and fleet.server("op-a").admin_state == "ready"
+
+
+def test_the_monthly_dr_drill_runs_through_the_worker_with_its_schedules_parameters(store, prefect_api):
+    """As the schedule will run it: the deployment's own schedule parameters, a flow-run process on the worker."""
+    import httpx
+    from prefect.deployments import run_deployment
+
+    from tasks.audit import read_entries
+
+    deployment = httpx.get(f"{prefect_api}/deployments/name/dr-drill/dr-drill", timeout=10).json()
+    [schedule] = deployment["schedules"]
+    assert schedule["schedule"]["cron"] == "0 4 1 * *"  # (the suite pauses schedules: only the test at hand acts)
+    parameters = schedule["parameters"]
+    assert parameters == {"target": "lab-eth", "standby_host": topology.STANDBY_HOST}
+    if not any(read_verifications(store, m.key) for m in list_manifests(store, "snapshot", "eth-a")):
+        assert snapshot_backup("eth-a")["status"] == "succeeded"
+    drills_before = len(objectstore.list_objects(store, "drills/lab-eth/"))
+
+    run = run_deployment("dr-drill/dr-drill", parameters=parameters, timeout=600)
+    assert run.state.is_completed(), run.state
+    [outcome] = [e["data"] for e in read_entries(run_id=str(run.id)) if e["kind"] == "outcome"]
+    assert outcome["status"] == "succeeded" and "RPO" in outcome["detail"], outcome
+    records = objectstore.list_objects(store, "drills/lab-eth/")
+    assert len(records) == drills_before + 1  # the drill's history record, as the report reads it
+    from flows.dr_drill import drill_history
+    record = drill_history(store, "lab-eth")[-1]
+    assert record["ok"] and 0 < record["rto_s"] < 1800 and record["rpo_blocks"] >= 0, record
+    assert record["standby_host"] == topology.STANDBY_HOST and record["chain"] == "lab-eth"
+    artifacts = httpx.post(f"{prefect_api}/artifacts/filter", timeout=10,
+                           json={"artifacts": {"flow_run_id": {"any_": [str(run.id)]}}}).json()
+    assert any("RTO" in (a.get("data") or "") for a in artifacts), artifacts
+    assert standby_state() != "RUNNING"  # torn down
+    print(f"\ndr-drill through the worker: RTO {record['rto_s']} s (restore {record['restore_s']} s), "
+          f"RPO {record['rpo_s']} s / {record['rpo_blocks']} blocks, {record['bytes']} bytes")
