@@ -55,7 +55,8 @@ from boto3.s3.transfer import TransferConfig  # noqa: E402
 from lab.datadir import make_datadir  # noqa: E402
 from tasks.audit import AuditRecord  # noqa: E402
 from tasks.backups.crypto import EncryptionKey  # noqa: E402
-from tasks.backups.datadir import backup_datadir, layout_for, restore_datadir  # noqa: E402
+from tasks.backups.datadir import backup_datadir, restore_datadir  # noqa: E402
+from tasks.backups.layout import layout_for  # noqa: E402
 from tasks.backups.manifest import Manifest  # noqa: E402
 from tasks.ssh import SshRunner  # noqa: E402
 from tests.processes import stop_process  # noqa: E402

@@ -38,7 +38,8 @@ from pydantic import Field
 from inventory import load_inventory
 from tasks import guards, objectstore, runbook, trigger
 from tasks.approval import Plan
-from tasks.backups.datadir import backup_datadir, layout_for
+from tasks.backups.datadir import backup_datadir
+from tasks.backups.layout import layout_for
 from tasks.backups.manifest import (
     Manifest,
     Source,

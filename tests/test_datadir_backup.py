@@ -15,6 +15,7 @@ import pytest
 
 from tasks import objectstore
 from tasks.backups import datadir as dd
+from tasks.backups import layout
 from tasks.backups.crypto import EncryptingReader, EncryptionKey
 from tasks.backups.manifest import Manifest, reusable_segments, write_manifest
 from tasks.errors import BackupIntegrityError, CommandFailed, InvalidInput
@@ -29,7 +30,7 @@ sshd, audit, s3_server, store = _sshd.sshd, _sshd.audit, _s3.s3_server, _s3.stor
 
 MiB = 1024 * 1024
 KEY = EncryptionKey(bytes(range(32)))
-LAYOUT = dd.LAYOUTS["anvil"]
+LAYOUT = layout.LAYOUTS["anvil"]
 NASTY = ["with space.json", "quote's \"both\".txt", "new\nline", "-starts-with-dash", "nested/deeper/back\\slash"]
 
 
@@ -226,12 +227,12 @@ def test_a_dry_run_runs_nothing_and_uploads_nothing(sshd, audit, store, lab_dir)
 
 
 def test_layout_patterns():
-    erigon = dd.LAYOUTS["erigon"]
+    erigon = layout.LAYOUTS["erigon"]
     assert erigon.is_immutable("snapshots/v1-000000-000500-headers.seg")
     assert erigon.is_immutable("snapshots/domain/v1-accounts.0-32.kv")
     assert not erigon.is_immutable("chaindata/mdbx.dat") and not erigon.is_immutable("snapshots/salt-state.txt")
     assert erigon.excludes("temp/etl-1/x") and erigon.excludes("snapshots/v1-x.seg.tmp")
     assert not erigon.excludes("chaindata/mdbx.dat")
     assert LAYOUT.excludes("home/a/b.json") and LAYOUT.excludes("sync-held") and not LAYOUT.excludes("state.json")
-    assert dd.DEFAULT_LAYOUT.excludes("a/b" + dd.RESTORE_SUFFIX) and not dd.DEFAULT_LAYOUT.is_immutable("x.seg")
-    assert dd.layout_for("geth") is dd.DEFAULT_LAYOUT and dd.layout_for("erigon") is erigon
+    assert layout.DEFAULT_LAYOUT.excludes("a/b" + layout.RESTORE_SUFFIX) and not layout.DEFAULT_LAYOUT.is_immutable("x.seg")
+    assert layout.layout_for("geth") is layout.DEFAULT_LAYOUT and layout.layout_for("erigon") is erigon
