@@ -6,11 +6,12 @@ datadir per size with lab/datadir.py (a mutable state file, immutable 64 MiB
 segments and their indexes) under /var/tmp, then times on the same SSH
 connection and the same bucket:
 
-  ours      backup_datadir (host lists and sha256s every file, tar | zstd of
-            the mutable files and one `cat` per segment, each AES-256-GCM
-            encrypted here and uploaded multipart with per-part sha256) and
-            restore_datadir (download, check, decrypt, tar -x / cat on the
-            host, re-hash every restored file there);
+  ours      backup_datadir (host lists every file and sha256s the mutable
+            ones, tar | zstd of those and one `cat` per segment, segments
+            hashed here as they stream, each AES-256-GCM encrypted here and
+            uploaded multipart with per-part sha256) and restore_datadir
+            (download, check, decrypt, tar -x / cat on the host, each segment
+            checked before EOF, the archive's files re-hashed there);
   baseline  `tar -C DATADIR -cf - . | zstd -1 -T2` on a paramiko exec channel,
             its stdout straight into one boto3 `upload_fileobj` (default
             TransferConfig), and back: `download_fileobj` into the stdin of
@@ -313,7 +314,7 @@ def warm_up(scratch: Path, ours: Ours, baseline: Baseline) -> None:
 
 
 def report(results: list[dict]) -> None:
-    print("\nours: sha256 of every file on the host, AES-256-GCM, per-part sha256, restore re-hashes on the host;")
+    print("\nours: sha256 of every file (mutable on the host, segments as they stream), AES-256-GCM, per-part sha256;")
     print("baseline: tar | zstd -1 -T2, boto3 upload_fileobj/download_fileobj defaults, no encryption, no hashes.")
     print("\n| size | direction | ours s | ours MiB/s | baseline s | baseline MiB/s | ours/baseline "
           "| peak RSS ours (rise) | peak RSS baseline (rise) |")
