@@ -26,14 +26,24 @@ Metrics (node labels: node, chain, host, region):
     runbooks_exporter_last_probe_timestamp_seconds, runbooks_exporter_probe_duration_seconds,
     runbooks_exporter_probe_errors_total
 
+Disk facts (with --ssh-key and --known-hosts; deployments/disk_facts.py, every --disk-interval s):
+    runbooks_node_fs_size_bytes, runbooks_node_fs_used_bytes, runbooks_node_fs_avail_bytes
+                                           the filesystem holding the node's datadir
+    runbooks_node_datadir_bytes            the datadir itself (du)
+    runbooks_node_fs_growth_bytes_per_second  slope of used bytes over the last 15 min of samples
+    runbooks_node_disk_sample_timestamp_seconds
+    runbooks_node_disk_act_ratio           the inventory's act threshold for the node, as a ratio
+
 Run:
-    RUNBOOKS_INVENTORY=inventory.yaml python -m deployments.exporter --port 19100
+    RUNBOOKS_INVENTORY=inventory.yaml python -m deployments.exporter --port 19100 \
+        [--ssh-key ~/.ssh/runbooks --known-hosts ~/.ssh/known_hosts --disk-interval 60]
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -43,6 +53,7 @@ from prometheus_client import start_http_server
 from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from deployments import disk_facts
 from deployments.inventory_watch import WatchedInventory
 from inventory import Inventory, InventoryError
 from tasks.probes.assessment import Sweep, sweep
@@ -56,7 +67,8 @@ NODE_LABELS = ("node", "chain", "host", "region")
 class FleetCollector(Collector):
     """Turns the last sweep into metrics. Never does I/O: a scrape cannot hang."""
 
-    def __init__(self) -> None:
+    def __init__(self, disks: disk_facts.DiskFacts | None = None) -> None:
+        self.disks = disks
         # The last sweep with the inventory it was made from: labels and
         # thresholds must match what was probed, even after an inventory edit.
         self._last: tuple[Inventory, Sweep] | None = None
@@ -110,6 +122,8 @@ class FleetCollector(Collector):
                 max_lag.add_metric((chain,), spec.max_lag_blocks)
                 max_age.add_metric((chain,), spec.max_head_age_seconds)
         yield from (up, head, age, lag, latency, ref, max_lag, max_age)
+        if self.disks is not None and inventory is not None:
+            yield from self._disk_metrics(inventory)
 
         yield GaugeMetricFamily("runbooks_exporter_last_probe_timestamp_seconds",
                                 "Unix time the last fleet sweep completed (0: none yet)",
@@ -119,6 +133,50 @@ class FleetCollector(Collector):
                                     "Duration of the last fleet sweep", value=swept.duration_s)
         yield CounterMetricFamily("runbooks_exporter_probe_errors", "Fleet sweeps that failed outright",
                                   value=errors)
+
+
+    def _disk_metrics(self, inventory: Inventory):
+        families = {k: GaugeMetricFamily(f"runbooks_node_{k}", doc, labels=NODE_LABELS) for k, doc in (
+            ("fs_size_bytes", "Size of the filesystem holding the node's datadir"),
+            ("fs_used_bytes", "Used bytes of the filesystem holding the node's datadir"),
+            ("fs_avail_bytes", "Bytes available to the node on its datadir's filesystem"),
+            ("datadir_bytes", "Size of the node's datadir"),
+            ("fs_growth_bytes_per_second", "Growth of the datadir filesystem's used bytes over the last 15 min"),
+            ("disk_sample_timestamp_seconds", "Unix time of the node's last disk sample"),
+            ("disk_act_ratio", "Inventory disk policy: used/size beyond which disk-prune acts"))}
+        for name, (s, rate) in sorted(self.disks.latest().items()):
+            if name not in inventory.nodes:
+                continue
+            labels = (name, inventory.nodes[name].chain, inventory.nodes[name].host, inventory.region_of(name) or "")
+            families["fs_size_bytes"].add_metric(labels, s.size_bytes)
+            families["fs_used_bytes"].add_metric(labels, s.used_bytes)
+            families["fs_avail_bytes"].add_metric(labels, s.avail_bytes)
+            families["disk_sample_timestamp_seconds"].add_metric(labels, s.at)
+            families["disk_act_ratio"].add_metric(labels, disk_facts.act_ratio(inventory, name))
+            if s.datadir_bytes is not None:
+                families["datadir_bytes"].add_metric(labels, s.datadir_bytes)
+            if rate is not None:
+                families["fs_growth_bytes_per_second"].add_metric(labels, rate)
+        yield from families.values()
+
+
+def sample_disks_forever(inventory: WatchedInventory, facts: disk_facts.DiskFacts, interval: float,
+                         private_key: str, known_hosts: str, stop: threading.Event) -> None:
+    from tasks.audit import AuditRecord
+    from tasks.audit.files import audit_dir
+
+    # The exporter's SSH commands go to an audit record of its own, beside the runbooks' trail.
+    audit = AuditRecord(f"exporter-{os.getpid()}", "exporter", directory=audit_dir() / "exporter")
+    while not stop.is_set():
+        started = time.monotonic()
+        try:
+            fleet = inventory.current()
+            runner = disk_facts.ssh_host_runner(fleet, private_key, known_hosts, audit)
+            facts.add(disk_facts.sample_once(fleet, runner))
+            facts.forget_except(set(fleet.nodes))
+        except Exception:  # noqa: BLE001 - as the probe loop: the last good samples stay
+            log.exception("disk sample failed; serving the previous one")
+        stop.wait(max(0.0, interval - (time.monotonic() - started)))
 
 
 def log_changes(previous: Sweep | None, current: Sweep) -> None:
@@ -160,6 +218,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="seconds between fleet sweeps (default 1; 5-15 s suits real fleets)")
     parser.add_argument("--connect-timeout", type=float, default=1.0, help="per-node connect timeout, seconds")
     parser.add_argument("--read-timeout", type=float, default=2.0, help="per-node read timeout, seconds")
+    parser.add_argument("--ssh-key", help="private key file for reading disk facts over SSH (none: no disk facts)")
+    parser.add_argument("--known-hosts", help="known_hosts file the hosts' keys must be in (with --ssh-key)")
+    parser.add_argument("--disk-interval", type=float, default=60.0, help="seconds between disk samples (default 60)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
@@ -173,8 +234,20 @@ def main(argv: list[str] | None = None) -> None:
     except (ProbeError, InventoryError) as exc:
         raise SystemExit(f"exporter: {exc}") from None
 
+    if bool(args.ssh_key) != bool(args.known_hosts):
+        parser.error("--ssh-key and --known-hosts go together")
+    if not 1 <= args.disk_interval <= 3600:
+        parser.error("--disk-interval must be in [1, 3600] seconds")
+    private_key = known_hosts = None
+    if args.ssh_key:
+        try:
+            private_key = open(args.ssh_key).read()
+            known_hosts = open(args.known_hosts).read()
+        except OSError as exc:
+            raise SystemExit(f"exporter: {exc}") from None
+
     registry = CollectorRegistry(auto_describe=False)
-    collector = FleetCollector()
+    collector = FleetCollector(disk_facts.DiskFacts() if private_key else None)
     registry.register(collector)
     server, _ = start_http_server(args.port, addr=args.host, registry=registry)
     stop = threading.Event()
@@ -182,6 +255,9 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     log.info("exporter on http://%s:%d/metrics: %d nodes from %s, sweep every %gs (probe deadline %gs)",
              args.host, args.port, len(inventory.current().nodes), inventory.path, args.interval, timeout.deadline)
+    if collector.disks is not None:
+        threading.Thread(target=sample_disks_forever, name="disk-facts", daemon=True,
+                         args=(inventory, collector.disks, args.disk_interval, private_key, known_hosts, stop)).start()
     try:
         probe_forever(inventory, collector, args.interval, timeout, stop)
     finally:

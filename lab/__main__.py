@@ -1,4 +1,4 @@
-"""python -m lab up | down | status [--json] | fault NODE stall|freeze|kill|partition|lag | heal NODE | install"""
+"""python -m lab up | down | status [--json] | fault NODE stall|freeze|kill|partition|lag|fill-disk [PERCENT] | heal NODE | install"""
 
 from __future__ import annotations
 
@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     f = sub.add_parser("fault", help="inject a fault")
     f.add_argument("node", choices=list(topology.all_nodes()))
     f.add_argument("kind", choices=control.FAULT_KINDS)
+    f.add_argument("percent", nargs="?", type=float, help="fill-disk only: how full the node's filesystem ends")
     h = sub.add_parser("heal", help="undo the fault recorded for a node")
     h.add_argument("node", choices=list(topology.all_nodes()))
     a = p.parse_args(argv)
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             st = control.status()
             print(json.dumps(st, indent=2)) if a.json else _print_status(st)
         elif a.cmd == "fault":
-            entry = control.fault(a.node, a.kind)
+            entry = control.fault(a.node, a.kind, a.percent)
             print(f"{a.node}: {a.kind} injected" + (f" (host {entry['host']} partitioned)" if a.kind == "partition" else ""))
         elif a.cmd == "heal":
             entry = control.heal(a.node)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from . import datadir, haproxy, netns, render, services, supervisor
+from . import datadir, disks, haproxy, netns, render, services, supervisor
 from . import topology as t
 from .install import install
 from .labnode import SYNC_HELD, rpc
@@ -28,8 +28,8 @@ from .topology import Paths
 
 UP_DEADLINE_SECONDS = 120.0  # the Prefect server takes ~20 s to start on 2 busy cores
 SUPERVISORD_STOP_SECONDS = 15.0
-FAULT_KINDS = ("stall", "freeze", "kill", "partition", "lag")
-PERSISTENT_FAULTS = ("partition", "lag")  # in force until healed: a restart does not clear them
+FAULT_KINDS = ("stall", "freeze", "kill", "partition", "lag", "fill-disk")
+PERSISTENT_FAULTS = ("partition", "lag", "fill-disk")  # in force until healed: a restart does not clear them
 SAFE_DIR = re.compile(r"^/[A-Za-z0-9._/+-]*$")  # what the inventory accepts as a path
 
 
@@ -242,8 +242,9 @@ def _write_files(paths: Paths, root_programs: list[Program]) -> dict[str, list[P
     known = []
     for h in t.HOSTS.values():
         hd = paths.host(h.name)
-        for d in (hd, hd / "bin", hd / "data", hd / "logs"):
+        for d in (hd, hd / "bin", hd / "logs"):
             d.mkdir(parents=True, exist_ok=True)
+        disks.create(root, h.name, hd / "data")  # a real, size-limited filesystem (lab/disks.py)
         # The service user owns the datadirs' parent, as /var/lib/<client> is the client's: a restore
         # stages beside the datadir and swaps it in with a rename.
         _chown_service_user(hd / "data")
@@ -477,6 +478,7 @@ def down(log=print) -> None:
         removed = netns.destroy()
     if paths.root.exists():
         if paths.marker.exists():
+            disks.unmount_all(paths.root)
             shutil.rmtree(paths.root)
         elif any(paths.root.iterdir()):
             log(f"not removing {paths.root}: it holds no lab marker")
@@ -577,14 +579,19 @@ def _group_alive(pgid: int, root: Path) -> bool:
     return any((st := _stat(pid)) and st[1] == pgid and _is_lab_process(pid, root) for pid in _all_pids())
 
 
-def fault(node_name: str, kind: str) -> dict:
-    """Inject a fault into a node or reference; returns the fault record."""
+def fault(node_name: str, kind: str, percent: float | None = None) -> dict:
+    """Inject a fault into a node or reference; returns the fault record.
+
+    fill-disk fills the node's host filesystem to `percent` with old logs and ETL scratch in its datadir.
+    """
     paths = _paths()
     node = _lab_node(node_name)
     if kind not in FAULT_KINDS:
         raise LabError(f"unknown fault {kind!r} (one of {', '.join(FAULT_KINDS)})")
-    if kind == "partition" and node.is_reference:
-        raise LabError(f"{node.name} is a reference in the root namespace: partition applies to a host's nodes")
+    if (kind == "fill-disk") != (percent is not None):
+        raise LabError("fill-disk needs a percent (`lab fault NODE fill-disk 85`), and only fill-disk takes one")
+    if kind in ("partition", "fill-disk") and node.is_reference:
+        raise LabError(f"{node.name} is a reference in the root namespace: {kind} applies to a host's nodes")
     if kind == "lag" and node.is_reference:
         raise LabError(f"{node.name} is a reference: it follows nothing, so it cannot be held behind")
     if kind not in PERSISTENT_FAULTS:
@@ -607,6 +614,14 @@ def fault(node_name: str, kind: str) -> dict:
             netns.set_host_link(node.host, up=False)
         elif kind == "lag":
             (paths.datadir(node) / SYNC_HELD).write_text("held by `python -m lab fault NODE lag`; `lab heal` removes it\n")
+        elif kind == "fill-disk":
+            pw = pwd.getpwnam(t.SERVICE_USER)
+            try:
+                entry["files"] = disks.fill(paths.datadir(node), percent, owner=(pw.pw_uid, pw.pw_gid))
+            except (ValueError, OSError) as exc:
+                disks.unfill(paths.datadir(node))
+                raise LabError(f"{node.name}: {exc}") from exc
+            entry["percent"] = percent
         else:
             if info["statename"] != "RUNNING" or not info["pid"]:
                 raise LabError(f"{node.name} is {info['statename']}, not running: nothing to {kind}")
@@ -641,6 +656,8 @@ def heal(node_name: str) -> dict | None:
             netns.set_host_link(node.host, up=True)
         elif kind == "lag":
             (paths.datadir(node) / SYNC_HELD).unlink(missing_ok=True)
+        elif kind == "fill-disk":
+            disks.unfill(paths.datadir(node))  # what disk-prune has not already removed
         elif kind == "stall":
             if info.get("pid") == entry["pid"] and info["statename"] == "RUNNING":
                 os.kill(entry["pid"], signal.SIGUSR2)

@@ -245,6 +245,44 @@ def test_lag_is_refused_for_a_reference(lab):
         lab_api.fault("ref-eth", "lag")
 
 
+def _df(client: paramiko.SSHClient, path: str) -> tuple[int, int]:
+    code, out = ssh_run(client, f"df -B1 --output=size,used {path} | tail -1")
+    assert code == 0, out
+    size, used = map(int, out.split())
+    return size, used
+
+
+def test_each_host_keeps_its_nodes_on_a_small_filesystem_that_fill_disk_fills_and_heal_empties(lab):
+    node, host = lab["nodes"]["eth-a"], lab["hosts"]["h1"]
+    datadir = node["datadir"]
+    client = ssh_client(lab, host)
+    try:
+        size, used_before = _df(client, datadir)
+        # The host's own filesystem, not the machine's disk: a few hundred MiB.
+        assert 256 * 2**20 <= size <= 1024 * 2**20, size
+        lab_api.fault("eth-a", "fill-disk", 80)
+        size, used = _df(client, datadir)
+        assert 0.79 <= used / size <= 0.82, used / size
+        # What fills it is what a real node's disk fills with: old compressed logs and ETL scratch.
+        code, out = ssh_run(client, f"cd {datadir} && find logs temp -type f -printf '%s %TY %p\\n'")
+        assert code == 0 and "logs/" in out and "temp/" in out, out
+        assert sum(int(line.split()[0]) for line in out.splitlines()) >= used - used_before - 2**20
+        assert lab_api.status()["nodes"]["eth-a"]["fault"] == "fill-disk"
+        with pytest.raises(lab_api.LabError, match="already"):
+            lab_api.fault("eth-a", "fill-disk", 90)
+        assert head(node["rpc_url"]) > 0  # the node still serves
+    finally:
+        lab_api.heal("eth-a")
+    try:
+        assert abs(_df(client, datadir)[1] - used_before) < 2**20
+    finally:
+        client.close()
+    with pytest.raises(lab_api.LabError, match="percent"):
+        lab_api.fault("eth-a", "fill-disk")
+    with pytest.raises(lab_api.LabError, match="reference"):
+        lab_api.fault("ref-eth", "fill-disk", 80)
+
+
 # ---------------------------------------------------------------- recovery over SSH
 
 

@@ -53,11 +53,13 @@ class Layout:
 _ERIGON_SEGMENTS = tuple(f"snapshots/**/*.{ext}" for ext in ("seg", "idx", "kv", "kvi", "v", "vi", "ef", "efi", "bt"))
 LAYOUTS: dict[str, Layout] = {
     # Erigon writes segments under a temporary name and renames them, so a *.seg is final;
-    # temp/ is its ETL scratch and mdbx.lck a lock file mdbx rebuilds.
-    "erigon": Layout(_ERIGON_SEGMENTS, ("*.tmp", "temp/", "*.lck")),
+    # temp/ is its ETL scratch, logs/ its log files (--log.dir.path defaults there) and mdbx.lck
+    # a lock file mdbx rebuilds.
+    "erigon": Layout(_ERIGON_SEGMENTS, ("*.tmp", "temp/", "logs/", "*.lck")),
     # The lab's client: segments and their indexes as Erigon keeps them (lab/datadir.py);
-    # home/ is anvil's scratch history, sync-held a lab fault marker.
-    "anvil": Layout(("snapshots/*.seg", "snapshots/*.idx"), ("home/**", "sync-held")),
+    # home/ is anvil's scratch history, sync-held a lab fault marker; logs/ and temp/ as Erigon's
+    # (what `lab fault NODE fill-disk` writes).
+    "anvil": Layout(("snapshots/*.seg", "snapshots/*.idx"), ("home/**", "sync-held", "logs/", "temp/")),
 }
 DEFAULT_LAYOUT = Layout()  # every file mutable: correct for any client, just without reuse
 
