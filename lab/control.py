@@ -236,9 +236,11 @@ def _write_files(paths: Paths, root_programs: list[Program]) -> dict[str, list[P
     shutil.copyfile(Path(__file__).with_name("labnode.py"), paths.labnode)
     paths.labnode.chmod(0o644)
 
-    # SSH: the lab's identity, one host key per host, known_hosts
+    # SSH: the runbooks' identity, the exporter's monitoring identity (no forwarding, no pty), one
+    # host key per host, known_hosts
     pub = _keygen(paths.ssh_key, "rblab")
-    paths.authorized_keys.write_text(pub + "\n")
+    monitor_pub = _keygen(paths.monitor_key, "rblab-monitor")
+    paths.authorized_keys.write_text(f"{pub}\nrestrict {monitor_pub}\n")
     known = []
     for h in t.HOSTS.values():
         hd = paths.host(h.name)

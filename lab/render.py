@@ -191,6 +191,7 @@ def lab_record(paths: Paths, programs: list[str]) -> dict:
             "user": t.SERVICE_USER,
             "private_key": str(paths.ssh_key),
             "public_key": str(paths.ssh_pub),
+            "monitor_key": str(paths.monitor_key),
             "known_hosts": str(paths.known_hosts),
             "authorized_keys": str(paths.authorized_keys),
         },

@@ -411,7 +411,7 @@ def alerting_programs(paths: Paths) -> list[Program]:
             name="exporter",
             # Disk facts every 2 s, so a filled lab disk alerts within seconds (60 s suits real hosts).
             argv=[sys.executable, "-m", "deployments.exporter", "--host", local, "--port", str(t.EXPORTER_PORT),
-                  "--inventory", str(paths.inventory), "--ssh-key", str(paths.ssh_key),
+                  "--inventory", str(paths.inventory), "--ssh-key", str(paths.monitor_key),
                   "--known-hosts", str(paths.known_hosts), "--disk-interval", "2"],
             ready=HttpOk(f"http://{local}:{t.EXPORTER_PORT}/metrics"),
             env=env, cwd=str(REPO_ROOT), stopwaitsecs=5, priority=500, prepare=prepare,

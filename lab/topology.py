@@ -249,6 +249,11 @@ class Paths:
         return self.ssh / "id_ed25519.pub"
 
     @property
+    def monitor_key(self) -> Path:
+        """The exporter's own read-only identity: revocable apart from the runbooks', and told apart in sshd's log."""
+        return self.ssh / "monitor_ed25519"
+
+    @property
     def known_hosts(self) -> Path:
         return self.ssh / "known_hosts"
 

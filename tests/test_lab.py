@@ -18,6 +18,7 @@ from slack_sdk import WebClient
 import lab as lab_api
 from inventory import load_inventory
 from lab import haproxy, topology
+from tests.fleet import runbook_logins
 
 pytestmark = pytest.mark.lab
 REPO = Path(__file__).resolve().parents[1]
@@ -289,7 +290,7 @@ def test_each_host_keeps_its_nodes_on_a_small_filesystem_that_fill_disk_fills_an
 def test_supervisorctl_restart_over_ssh_recovers_a_stalled_node(lab):
     node, ref, host = lab["nodes"]["eth-a"], lab["references"]["ref-eth"], lab["hosts"]["h1"]
     sshd_log = Path(host["sshd_log"])
-    logins_before = sshd_log.read_text().count("Accepted publickey for rbsvc")
+    logins_before = runbook_logins(sshd_log.read_text())
     lab_api.fault("eth-a", "stall")
     stalled_at = head(node["rpc_url"])
     wait_until(lambda: head(ref["rpc_url"]) >= stalled_at + 4, 6, "the reference to pull ahead")
@@ -302,7 +303,7 @@ def test_supervisorctl_restart_over_ssh_recovers_a_stalled_node(lab):
         assert out.strip() == "rbsvc"
     finally:
         client.close()
-    assert sshd_log.read_text().count("Accepted publickey for rbsvc") == logins_before + 1
+    assert runbook_logins(sshd_log.read_text()) == logins_before + 1
 
     wait_until(lambda: head(node["rpc_url"]) >= head(ref["rpc_url"]) - 5, 10, "eth-a to catch up after restart")
     block = rpc(node["rpc_url"], "eth_getBlockByNumber", ["latest", False])
