@@ -19,9 +19,9 @@ Matchers are written as in Alertmanager (`alertname="NodeDown"`,
 `alertname=~"Host.*Disk.*"`, `job!="test"`, `severity!~"info|none"`); a
 regex must match the whole value, as Alertmanager's do.
 
-A route's runbook is one alerts may start (`node-recovery`, with a reason it
+A route's runbook is one alerts may start (`node-recovery` or `disk-prune`, with a reason it
 handles) or `notify`: the alert is recorded on the node's event stream and
-starts nothing (disk routes stay `notify` until the pruning runbook exists).
+starts nothing. `disk-prune` takes the reason `disk`.
 A route without a reason takes the alert's own `reason` label.
 
 An alert that names no node, names one ambiguously, or matches no route is

@@ -29,12 +29,14 @@ from tasks.hostinfo import disk_usage_argv, parse_df
 log = logging.getLogger("runbooks.exporter.disk")
 
 GROWTH_WINDOW_S = 15 * 60
-DEFAULT_ACT_PERCENT = 70  # the seeds' "disks sit at 70%"
 
 
 def act_ratio(inventory: Inventory, node: str) -> float:
-    """Used/size beyond which the node's disk needs pruning, published so the rule has one source."""
-    return DEFAULT_ACT_PERCENT / 100
+    """Used/size beyond which the node's disk needs pruning (its host's disk policy), published so the
+    rule and disk-prune read one source."""
+    return inventory.host_of(node).disk.act_percent / 100
+
+
 FIELD = "\x1f"  # separates one datadir's df output from its du figure (never in df's text)
 
 

@@ -30,6 +30,7 @@ from typing import Annotated
 from prefect import flow
 from pydantic import Field
 
+from flows.client_upgrade import client_upgrade_resume
 from flows.node_recovery import node_recovery
 from flows.rotation import return_to_service
 from tasks import guards, prefect_api, trigger
@@ -146,8 +147,11 @@ def reconcile(
             except guards.LeaseError as exc:
                 rb.audit.note("could not release the crashed run's lease; it expires on its own", error=str(exc))
         for node in run["nodes"]:
+            if run["flow"] == "client-upgrade":  # its half-done change goes back to the approved old version first
+                resumed = client_upgrade_resume(node=node, return_state=True)
+                repaired[node] = _outcome(resumed) + ", "
             recovery = node_recovery(node=node, reason=f"repair after crashed run {run['run_id']}", return_state=True)
-            repaired[node] = _outcome(recovery)
+            repaired[node] = repaired.get(node, "") + _outcome(recovery)
             back = return_to_service(node=node, reason=f"healthy after crashed run {run['run_id']}", return_state=True)
             repaired[node] += f", {_outcome(back)}"
 

@@ -27,9 +27,7 @@ writing them.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Annotated
 
 from prefect import flow, get_run_logger
@@ -38,48 +36,15 @@ from pydantic import Field
 from inventory import load_inventory
 from tasks import guards, objectstore, runbook, trigger
 from tasks.approval import Plan
-from tasks.backups.datadir import backup_datadir
-from tasks.backups.layout import layout_for
-from tasks.backups.manifest import (
-    Manifest,
-    Source,
-    backup_prefix,
-    list_manifests,
-    record_verification,
-    reusable_segments,
-    write_manifest,
-)
-from tasks.backups.progress import TransferProgress
-from tasks.backups.store import open_store
-from tasks.backups.verify import read_back
+from tasks.backups.snapshot import SnapshotTarget, stream_datadir, write_verified_manifest
 from tasks.chainstate import block_at
 from tasks.errors import RunbookError
 from tasks.escalation import Kind
 from tasks.gate import DryRunComplete
 from tasks.guards import Resource
 from tasks.runbook import Done, Failed, Runbook
-from tasks.steps import (
-    as_dict,
-    assess_nodes,
-    check_disruption_budget,
-    drain_from_rotation,
-    return_to_rotation,
-    start_service,
-    step,
-    stop_service,
-    wait_until_synced,
-)
+from tasks.steps import as_dict, assess_nodes, bring_back, check_disruption_budget, drain_from_rotation, stop_service
 from tasks.vocabulary import AUTOMATION_ONLY, ActionKind, NodeName, Outcome
-
-START_ATTEMPTS = 3  # a dropped SSH connection must not leave the node stopped
-
-
-@step("stream-datadir")
-def stream_datadir(rb: Runbook, ssh, node: str, store, key, prefix: str, reusable: dict):
-    n = rb.node(node)
-    progress = TransferProgress(f"snapshot of {node}", f"snapshot-{node}-progress")
-    return backup_datadir(ssh, store, key, n.datadir, layout_for(n.client.value), prefix, reusable, progress=progress,
-                          owner=node)
 
 
 @dataclass
@@ -103,12 +68,9 @@ class SnapshotBackup:
             raise Done(Outcome.refused, "unhealthy", f"{node} is {self.before.status} ({self.before.reason}): not backed "
                        "up, a backup of a broken node is the one you would restore later; recover it first",
                        before=as_dict(self.before))
-        self.store, self.key = open_store(inv)
-        self.created = datetime.now(timezone.utc)
-        self.prefix = backup_prefix("snapshot", node, self.created)
-        chain_nodes = inv.nodes_on_chain(n.chain)
-        self.reusable = reusable_segments([m for m in list_manifests(self.store, "snapshot") if m.node in chain_nodes],
-                                          self.key.key_id)
+        self.target = SnapshotTarget.open(rb, node)
+        self.store, self.key, self.prefix, self.reusable = (self.target.store, self.target.key, self.target.prefix,
+                                                            self.target.reusable)
         lb = f"{n.lb.balancer} {n.lb.backend}/{n.lb.server}" if n.lb else None
         deadline = inv.chain_of(node).recovery_deadline_seconds
         return Plan([
@@ -146,40 +108,21 @@ class SnapshotBackup:
                 rb.audit.state("head", {"number": head.number, "hash": head.hash} if head else {})
                 if not stop_service(rb, ssh, node):
                     raise RunbookError(f"{n.service.name} did not stop, so its datadir is not consistent: no backup")
-                started = time.monotonic()
-                backup = stream_datadir(rb, ssh, node, self.store, self.key, self.prefix, self.reusable)
-                rb.audit.action(f"s3:{self.store.bucket}", f"upload {self.prefix}", 0, time.monotonic() - started,
-                                action=ActionKind.upload, bytes=backup.uploaded_bytes, reused_bytes=backup.reused_bytes)
+                backup = stream_datadir(rb, ssh, self.target)
         except DryRunComplete:
             raise
         except Exception as exc:  # noqa: BLE001 - whatever went wrong, the node is started again first
             failure = exc
             get_run_logger().error("snapshot of %s failed: %s: %s", node, type(exc).__name__, exc)
 
-        after = self._bring_back(rb, drained)
+        after = bring_back(rb, node, drained, "its snapshot")
         if failure is not None:
             raise Failed(Kind.BACKUP_FAILED, node, f"snapshot of {node} failed, no backup written "
                          f"({type(failure).__name__}: {str(failure)[:300]}); {node} is back in service",
                          {"after": f"{after.status}: {after.reason}"})
 
-        rb.step("manifest")
-        manifest = Manifest(
-            kind="snapshot", node=node, host=n.host, created_at=self.created, client=n.client.value,
-            version=self.before.version,
-            source=Source(datadir=n.datadir, head_number=head.number if head else None,
-                          head_hash=head.hash if head else None, service_stopped=True),
-            archives=backup.archives, files=backup.files,
-        )
-        rb.gate.allows("s3", self.store.bucket, f"upload {manifest.key}", action=ActionKind.upload)
-        key = write_manifest(self.store, manifest)
-        rb.audit.action(f"s3:{self.store.bucket}", f"upload {key}", 0, 0.0, action=ActionKind.upload)
-        rb.step("read-back")
-        uploaded = {a.object.key for a in backup.archives} | {f.object.key for f in backup.files if f.object and not f.reused}
-        verification = read_back(self.store, manifest, uploaded)
-        record_verification(self.store, verification)
-        if not verification.ok:
-            raise Failed(Kind.BACKUP_FAILED, node, f"snapshot of {node} does not read back as written: "
-                         + "; ".join(verification.problems)[:400], {"manifest": key}, manifest=key)
+        manifest = write_verified_manifest(rb, self.target, backup, self.before.version, head)
+        key = manifest.key
         totals = manifest.totals
         detail = (f"{node}: {totals.files} files, {totals.file_bytes} bytes, {backup.uploaded_bytes} bytes uploaded, "
                   f"{backup.reused_bytes} reused; head {manifest.source.head_number}; verified ({key})")
@@ -187,31 +130,6 @@ class SnapshotBackup:
         raise Done(Outcome.succeeded, "verified", detail, manifest=key, uploaded_bytes=backup.uploaded_bytes,
                    reused_bytes=backup.reused_bytes, head_number=manifest.source.head_number,
                    head_hash=manifest.source.head_hash)
-
-    def _bring_back(self, rb: Runbook, drained: bool):
-        """Start the node, wait until synced, return it to rotation; a node that does not come back is escalated."""
-        node = self.node
-        started, last_error = False, None
-        for attempt in range(START_ATTEMPTS):
-            try:
-                with rb.ssh(node) as ssh:
-                    started = start_service(rb, ssh, node)
-                if started:
-                    break
-            except RunbookError as exc:  # the connection the stream used may be the one that dropped
-                last_error = exc
-            time.sleep(2 * (attempt + 1))
-        after = wait_until_synced(rb, node, rb.inventory.chain_of(node).recovery_deadline_seconds) if started \
-            else assess_nodes(rb.inventory, [node])[node]
-        rb.audit.state("after", as_dict(after))
-        if not (started and after.healthy):
-            why = f"could not start it ({last_error})" if not started else f"still {after.status}: {after.reason}"
-            raise Failed(Kind.NOT_RECOVERED, node, f"{node} did not come back after its snapshot: {why}; "
-                         + ("left out of rotation" if drained else "rotation unchanged"),
-                         {"after": f"{after.status}: {after.reason}"})
-        if drained:
-            return_to_rotation(rb, node)
-        return after
 
 
 def owned_by(key: str, node: str) -> bool:

@@ -128,6 +128,32 @@ class Chain(Strict):
     # at once is a chain incident, not a node one.
     max_unhealthy_share: Annotated[float, Field(gt=0, le=1)] = 0.5
     restart_budget: RestartBudget = RestartBudget()
+    # The version each client of this chain should run (client-versions reports drift from it).
+    pinned_versions: dict["Client", Annotated[str, Field(pattern=r"^v?[0-9][0-9A-Za-z.+-]{0,63}$")]] = {}
+
+
+class DiskPolicy(Strict):
+    """When the filesystem holding a host's datadirs is pruned (disk-prune) and alerted on (DiskFilling).
+
+    The seeds' disks sat at 70% and their 02:00 cleaner kept them under 60%: DiskFilling fires past
+    `act_percent`, disk-prune cleans until usage is under `target_percent` (the daily run prunes any
+    disk above it), and a disk still past `critical_percent` after the safe clean-ups pages (P2). A
+    node also counts as over when its free space is under its client's floor (eth-docker's: Nethermind
+    300 GiB, Geth 100 GiB, others 50 GiB; `min_free_gib` overrides it for every node of the host).
+    """
+
+    target_percent: Annotated[float, Field(gt=0, lt=100)] = 60.0
+    act_percent: Annotated[float, Field(gt=0, lt=100)] = 70.0
+    critical_percent: Annotated[float, Field(gt=0, le=100)] = 90.0
+    min_free_gib: Annotated[float, Field(ge=0)] | None = None
+    log_keep_days: Annotated[int, Field(ge=1, le=3650)] = 7
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "DiskPolicy":
+        if not self.target_percent < self.act_percent <= self.critical_percent:
+            raise ValueError(f"disk thresholds must rise: target {self.target_percent}% < act {self.act_percent}% "
+                             f"<= critical {self.critical_percent}%")
+        return self
 
 
 class Host(Strict):
@@ -141,6 +167,7 @@ class Host(Strict):
     supervisor_config: SafePath | None = None
     standby: dict[Name, "StandbySlot"] = Field(
         {}, description="chain -> where this host runs a restored node of that chain (restores, DR drills)")
+    disk: DiskPolicy = DiskPolicy()
 
 
 class ServiceManagerKind(str, Enum):
@@ -221,6 +248,18 @@ class Node(Strict):
     role: Role = Role.rpc
     region: Name | None = None
     config_paths: list[SafePath] = Field([], description="The client's configuration files (config-backup)")
+    install_dir: SafePath | None = Field(
+        None, description="Where the client's versions live side by side (<dir>/<version>, <dir>/current is the one "
+                          "the service runs): needed by client-upgrade")
+
+
+class ReleaseSourceRef(Strict):
+    """Where a client's releases are published, laid out as the project publishes them (tasks/releases.py):
+    `base_url` holds `{tag}` (Erigon: https://github.com/erigontech/erigon/releases/download/{tag}); `index_url`
+    lists releases in GitHub's shape (https://api.github.com/repos/erigontech/erigon/releases)."""
+
+    base_url: Annotated[str, Field(pattern=r"^https?://[^\s@]+\{tag\}[^\s@]*$", max_length=2000)]
+    index_url: Annotated[str, Field(pattern=r"^https?://[^\s@{}]+$", max_length=2000)] | None = None
 
 
 class Notifications(Strict):
@@ -247,6 +286,7 @@ class Inventory(Strict):
     nodes: dict[Name, Node]
     notifications: Notifications = Notifications()
     backups: Backups = Backups()
+    releases: dict[Client, ReleaseSourceRef] = Field({}, description="client -> where client-upgrade gets its releases")
 
     @model_validator(mode="after")
     def _references_resolve(self) -> "Inventory":

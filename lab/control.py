@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import pwd
@@ -12,6 +13,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tarfile
 import time
 import xmlrpc.client
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +21,10 @@ from pathlib import Path
 
 import yaml
 
+from tasks.releases import asset_names
+
 from . import datadir, disks, haproxy, netns, render, services, supervisor
+from . import releases as lab_releases
 from . import topology as t
 from .install import install
 from .labnode import SYNC_HELD, rpc
@@ -222,12 +227,38 @@ def _port_free(host: str, port: int) -> bool:
             return False
 
 
+def _install_fleet_anvil(paths: Paths, host: str) -> None:
+    """The host's anvil as client-upgrade finds a real client: the fleet's release unpacked from the lab's
+    release server's archive into <host>/opt/anvil/<version> (with its sha256), `current` pointing at it,
+    and the nodes' binary path a link through `current` (tasks/install.py's layout)."""
+    assets = asset_names("anvil", t.FLEET_ANVIL_VERSION)
+    archive = paths.releases / assets.tag / assets.archive
+    install_dir = paths.install_dir(host)
+    target = install_dir / t.FLEET_ANVIL_VERSION
+    target.mkdir(parents=True)
+    with tarfile.open(archive) as tar:
+        member = tar.getmember(f"{assets.top_dir}/anvil")
+        with tar.extractfile(member) as src, open(target / "anvil", "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    (target / "anvil").chmod(0o755)
+    (target / ".sha256").write_text(hashlib.sha256(archive.read_bytes()).hexdigest())
+    (install_dir / "current").symlink_to(t.FLEET_ANVIL_VERSION)
+    _chown_service_user(install_dir.parent)
+    pw = pwd.getpwnam(t.SERVICE_USER)
+    os.lchown(install_dir / "current", pw.pw_uid, pw.pw_gid)  # the link itself (chown follows it)
+    (paths.host(host) / "bin" / "anvil").symlink_to(install_dir / "current" / "anvil")
+
+
 def _write_files(paths: Paths, root_programs: list[Program]) -> dict[str, list[Program]]:
     """Everything on disk before any process starts; returns host -> its programs."""
     root = paths.root
     root.mkdir(parents=True, exist_ok=True)
     root.chmod(0o755)
     paths.marker.write_text("rblab: `python -m lab down` removes this directory\n")
+    # The release server's content: the lab's anvil releases and two that must fail an upgrade.
+    lab_releases.build_releases(paths.releases)
+    for version, kind in t.BROKEN_RELEASES.items():
+        lab_releases.build_broken_release(paths.releases, version, kind)
     for d in (paths.logs, paths.ssh, paths.haproxy, paths.stub_records.parent, paths.refs / "bin", paths.refs / "data"):
         d.mkdir(parents=True, exist_ok=True)
     for program in root_programs:
@@ -253,7 +284,7 @@ def _write_files(paths: Paths, root_programs: list[Program]) -> dict[str, list[P
         key = _keygen(paths.host_key(h.name), f"rblab-{h.name}").split()
         known.append(f"{h.address} {key[0]} {key[1]}")
         paths.sshd_config(h.name).write_text(render.sshd_config(paths, h))
-        (hd / "bin" / "anvil").symlink_to(t.ANVIL_BIN)
+        _install_fleet_anvil(paths, h.name)
     paths.known_hosts.write_text("\n".join(known) + "\n")
     paths.refs.joinpath("bin", "anvil").symlink_to(t.ANVIL_BIN)
 
@@ -377,7 +408,7 @@ def up(log=print) -> dict:
         log(f"cleaning up what a previous lab at {paths.root} left")
         down(log=lambda *_: None)
     busy = [f"127.0.0.1:{p}" for p in (*(c.frontend_port for c in t.CHAINS.values()), t.HAPROXY_ADMIN_PORT, t.STUB_PORT, t.PREFECT_PORT,
-                                 t.EXPORTER_PORT, t.BRIDGE_PORT, t.PROMETHEUS_PORT, t.ALERTMANAGER_PORT,
+                                 t.EXPORTER_PORT, t.BRIDGE_PORT, t.PROMETHEUS_PORT, t.ALERTMANAGER_PORT, t.RELEASES_PORT,
                                  *t.OBJECT_STORE_PORTS.values(), *(p + 10000 for p in t.OBJECT_STORE_PORTS.values()))
             if not _port_free("127.0.0.1", p)]
     if busy:

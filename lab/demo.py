@@ -2,7 +2,9 @@
 a broken node fixed by the runbook with no human action, then the backup
 runbooks doing real work through the worker: the nightly database backup
 proved restorable, a node snapshot, the hosts' configuration, and a
-disaster-recovery drill restoring that snapshot onto the standby host.
+disaster-recovery drill restoring that snapshot onto the standby host; and
+a disk filled past its mark, alerted on and cleaned by disk-prune; and the
+lab-eth chain's client upgraded through its approval, canary first.
 
     python -m lab.demo [--node eth-b] [--fault stall]
 """
@@ -45,21 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     control.fault(args.node, args.fault)
     print(f"\nbroke {args.node}: {args.fault} at {time.strftime('%H:%M:%S')}; waiting for Prometheus to alert "
           "(or the every-minute fleet-health run to notice) and the trigger to start node-recovery")
-    run, seen = None, None
-    deadline = time.monotonic() + args.timeout
-    while time.monotonic() < deadline:
-        runs = [r for r in flow_runs("node-recovery", fault_at) if r.parameters.get("node") == args.node]
-        if runs:
-            run = runs[0]
-            state = run.state.name if run.state else "?"
-            if state != seen:
-                print(f"  {time.time() - fault_at:5.1f}s  node-recovery {run.name}: {state}")
-                seen = state
-            if run.state and run.state.is_final():
-                break
-        time.sleep(1)
-    else:
-        print(f"no finished node-recovery run for {args.node} within {args.timeout:.0f}s; see the UI", file=sys.stderr)
+    run = wait_for_triggered_run(flow_runs, "node-recovery", args.node, fault_at, args.timeout)
+    if run is None:
         return 1
 
     from tasks.audit import read_entries
@@ -82,6 +71,26 @@ def main(argv: list[str] | None = None) -> int:
                  f"monthly: the newest verified lab-eth snapshot restored onto the standby {topology.STANDBY_HOST}, "
                  "proved on the same chain and caught up, RTO and RPO measured, torn down"),
     ]
+    fill_at = time.time()
+    control.fault("eth-a", "fill-disk", 85)
+    print(f"\nfilled eth-a's disk (h1) to 85% at {time.strftime('%H:%M:%S')} with old logs and ETL scratch; "
+          "waiting for DiskFilling (past the 70% act mark) to start disk-prune")
+    prune = wait_for_triggered_run(flow_runs, "disk-prune", None, fill_at, args.timeout)
+    if prune is None:
+        control.heal("eth-a")
+        return 1
+    # Every node on h1's filesystem alerts (eth-a and op-a): one run cleans, the other finds it busy or done.
+    time.sleep(5)
+    for r in flow_runs("disk-prune", fill_at):
+        outcome = [e["data"] for e in read_entries(run_id=str(r.id)) if e["kind"] == "outcome"]
+        if outcome:
+            print(f"  disk-prune {r.name} ({r.parameters.get('node')}): {outcome[-1]['status']}: {outcome[-1]['detail']}")
+            if outcome[-1]["status"] != "noop":
+                prune = r
+    control.heal("eth-a")  # whatever disk-prune left (the ETL scratch it did not need to delete)
+    prune.name = "disk-prune"
+    backups.append(prune)
+    backups.append(demo_upgrade())
     ui = topology.PREFECT_API_URL.removesuffix("/api")
     runs = "\n".join(f"  {r.name:16s}{ui}/runs/flow-run/{r.id}" for r in backups)
     print(f"""
@@ -95,11 +104,65 @@ Where to look:
   Slack messages  curl -s http://{topology.STUB_HOST}:{topology.STUB_PORT}/_records
   the fleet       uv run python -m lab status
 
-The backups (each run's artifacts hold its audit record; the drill's its RTO/RPO report):
+The backups and the disk clean-up (each run's artifacts hold its audit record; the drill's its
+RTO/RPO report; disk-prune's every path it deleted, with its size):
 {runs}
 
 Stop everything with: make demo-down""")
     return 0 if run.state.is_completed() and all(r.state.is_completed() for r in backups) else 1
+
+
+def wait_for_triggered_run(flow_runs, deployment: str, node: str | None, since: float, timeout: float):
+    """The first run of `deployment` (for `node`, if given) started since `since`, followed to its end."""
+    run, seen = None, None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = [r for r in flow_runs(deployment, since) if node is None or r.parameters.get("node") == node]
+        if runs:
+            run = runs[-1]  # newest first: the earliest is the one the alert started
+            state = run.state.name if run.state else "?"
+            if state != seen:
+                print(f"  {time.time() - since:5.1f}s  {deployment} {run.name}: {state}")
+                seen = state
+            if run.state and run.state.is_final():
+                return run
+        time.sleep(1)
+    print(f"no finished {deployment} run{' for ' + node if node else ''} within {timeout:.0f}s; see the UI", file=sys.stderr)
+    return None
+
+
+def demo_upgrade():
+    """client-upgrade of lab-eth through the worker, approved as an operator would from the UI's form."""
+    from prefect.deployments import run_deployment
+    from prefect.flow_runs import resume_flow_run
+
+    from tasks import prefect_api
+    from tasks.audit import read_entries
+
+    to = "1.7.1"
+    print(f"\nrunning client-upgrade now: anvil {topology.FLEET_ANVIL_VERSION} -> v{to} on lab-eth as a change request "
+          "(checklist, approval, canary eth-a first, each node backed up, switched, verified, soaked)")
+    started = time.monotonic()
+    run = run_deployment("client-upgrade/client-upgrade", timeout=0,
+                         parameters={"version": f"v{to}", "chain": "lab-eth", "soak_minutes": 0.1})
+    while True:
+        with prefect_api.client() as client:
+            run = client.read_flow_run(run.id)
+        if run.state and run.state.is_paused():
+            plan = [e["data"] for e in read_entries(run_id=str(run.id)) if e["kind"] == "plan"][0]
+            print(f"  {time.monotonic() - started:5.1f}s  paused for approval of plan {plan['hash'][:12]}; approving as "
+                  "demo-operator (in the UI: the run's page, Resume, the form)")
+            resume_flow_run(run.id, run_input={"approve": True, "approver": "demo-operator", "comment": "demo",
+                                               "plan_hash": plan["hash"]})
+            time.sleep(2)
+        elif run.state and run.state.is_final():
+            break
+        time.sleep(1)
+    outcome = [e["data"] for e in read_entries(run_id=str(run.id)) if e["kind"] == "outcome"]
+    print(f"  {time.monotonic() - started:5.1f}s  client-upgrade {run.name}: {run.state.name}: "
+          f"{outcome[-1]['detail'] if outcome else run.state.message}")
+    run.name = "client-upgrade"
+    return run
 
 
 def demo_run(deployment: str, parameters: dict, what: str):

@@ -68,6 +68,14 @@ def anvil(log=print) -> bool:
     return True
 
 
+def release_binaries(log=print) -> None:
+    """The anvil versions the lab's release server publishes, fetched from npm once into their cache."""
+    from .releases import LAB_RELEASE_VERSIONS, npm_anvil
+
+    for version in LAB_RELEASE_VERSIONS:
+        npm_anvil(version)
+
+
 def service_user(log=print) -> bool:
     """The unprivileged user nodes run as and runbooks log in as (plain /bin/sh, key-only)."""
     changed = False
@@ -90,4 +98,5 @@ def install(log=print) -> None:
         raise RuntimeError("the lab needs root (network namespaces, supervisord, sshd)")
     apt_packages(log)
     anvil(log)
+    release_binaries(log)
     service_user(log)

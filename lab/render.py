@@ -47,6 +47,7 @@ def inventory(paths: Paths) -> dict:
             "chain_id": c.chain_id,
             "references": [t.reference_url(c.name)],
             **t.CHAIN_THRESHOLDS,
+            "pinned_versions": {"anvil": t.FLEET_ANVIL_VERSION},
         }
         for c in t.CHAINS.values()
     }
@@ -76,6 +77,7 @@ def inventory(paths: Paths) -> dict:
             "datadir": str(paths.datadir(n)),
             "lb": {"balancer": t.INVENTORY_LB, "backend": t.CHAINS[n.chain].backend, "server": n.name},
             "role": "rpc",
+            "install_dir": str(paths.install_dir(n.host)),
         }
         for n in t.NODES.values()
     }
@@ -89,6 +91,8 @@ def inventory(paths: Paths) -> dict:
         "nodes": nodes,
         "notifications": {"slack_block": t.BLOCK_SLACK, "pagerduty_block": t.BLOCK_PAGERDUTY},
         "backups": {"store_block": t.BLOCK_STORE, "databases": {t.DB_NAME: {"block": t.BLOCK_DB, "host": t.DB_HOST}}},
+        # The lab's release server publishes anvil as Erigon publishes Erigon (lab/releases.py).
+        "releases": {"anvil": {"base_url": f"{t.RELEASES_URL}/{{tag}}", "index_url": f"{t.RELEASES_URL}/releases.json"}},
     }
 
 
@@ -156,6 +160,7 @@ def lab_record(paths: Paths, programs: list[str]) -> dict:
                 "supervisor_socket": str(paths.host_supervisord_sock(h.name)),
                 "supervisor_pidfile": str(paths.host_supervisord_pid(h.name)),
                 "binary": str(paths.host(h.name) / "bin" / "anvil"),
+                "install_dir": str(paths.install_dir(h.name)),
             }
             for h in t.HOSTS.values()
         },

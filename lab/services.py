@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 from . import haproxy
+from . import releases as lab_releases
 from .labnode import rpc  # labnode.py runs stand-alone (stdlib only), so the one copy lives there
 from . import topology as t
 from .topology import Paths
@@ -185,6 +186,15 @@ def root_programs(paths: Paths) -> list[Program]:
             ready=HttpOk(f"http://{t.STUB_HOST}:{t.STUB_PORT}/_health"),
             env={"PYTHONUNBUFFERED": "1"},
             cwd=str(REPO_ROOT),
+            stopwaitsecs=5,
+            priority=300,
+        )
+    )
+    programs.append(
+        Program(
+            name="releases",  # the client's release page, as GitHub serves Erigon's (lab/releases.py)
+            argv=lab_releases.serve_argv(paths.releases, t.RELEASES_HOST, t.RELEASES_PORT),
+            ready=HttpOk(f"{t.RELEASES_URL}/releases.json"),
             stopwaitsecs=5,
             priority=300,
         )

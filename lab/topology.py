@@ -21,6 +21,14 @@ NPM_PREFIX = Path("/opt/rblab/npm")
 ANVIL_PACKAGE = "@foundry-rs/anvil-linux-amd64"
 ANVIL_VERSION = "1.7.1"
 ANVIL_BIN = NPM_PREFIX / "node_modules" / ANVIL_PACKAGE / "bin" / "anvil"
+# The fleet's hosts run this release (npm's 1.7.0 build reports 1.6.0, so not that one) from their own install dir (<host>/opt/anvil/<version>, `current`
+# the one in use), one behind the newest the lab's release server publishes, so client-upgrade has a
+# real upgrade to make. References and everything else run ANVIL_BIN.
+FLEET_ANVIL_VERSION = "1.5.1"
+RELEASES_HOST, RELEASES_PORT = "127.0.0.1", 19500
+# Published beside the good ones, as pre-releases, for client-upgrade's failure tests.
+BROKEN_RELEASES = {"1.7.98": "exits-at-start", "1.7.99": "bad-checksum"}
+RELEASES_URL = f"http://{RELEASES_HOST}:{RELEASES_PORT}"
 SYSTEM_PYTHON = "/usr/bin/python3"  # runs labnode.py as the service user (stdlib only)
 
 BRIDGE = "rbbr0"
@@ -326,6 +334,14 @@ class Paths:
     # per node (fleet node or reference)
     def node_base(self, node: LabNode) -> Path:
         return self.refs if node.host is None else self.host(node.host)
+
+    def install_dir(self, host: str) -> Path:
+        """Where the host's anvil versions live side by side (tasks/install.py's layout)."""
+        return self.host(host) / "opt" / "anvil"
+
+    @property
+    def releases(self) -> Path:
+        return self.root / "releases"
 
     def node_bin(self, node: LabNode) -> Path:
         """The anvil path the node's supervisord command uses (a symlink; delete it to break the node)."""

@@ -9,7 +9,11 @@
 | P2       | `circuit-open`: the node's restart budget is spent               | yes   | page, error      |
 | P2       | `run-crashed`: a mutating run died half way (found by reconcile) | yes   | page, error      |
 | P2       | `run-failed`: a mutating run failed on an error nobody planned   | yes   | page, error      |
+| P2       | `upgrade-failed`: a node failed its upgrade and was rolled back  | yes   | page, error      |
+| P2       | `disk-full`: safe clean-ups left a disk past its critical mark   | yes   | page, error      |
 | P3       | `lagging`, `warning`: degraded, automation is handling it        | yes   | no               |
+| P3       | `disk-over-target`: safe clean-ups were not enough; heavy client | yes   | no               |
+|          | pruning (approval) or more disk is a human's call                |       |                  |
 | P4       | `info`: for the record                                           | yes   | no               |
 
 An alert's `severity` label can raise the priority, never lower it:
@@ -73,6 +77,9 @@ class Kind:
     RUN_CRASHED = "run-crashed"
     RUN_FAILED = "run-failed"
     BACKUP_FAILED = "backup-failed"  # a backup that is missing, corrupt or does not restore
+    UPGRADE_FAILED = "upgrade-failed"  # a node failed its upgrade (rolled back, or not: then not-recovered too)
+    DISK_FULL = "disk-full"  # safe clean-ups could not bring a disk under its critical mark
+    DISK_OVER_TARGET = "disk-over-target"  # under critical, still over target: heavy pruning needs a human
     LAGGING = "lagging"
     WARNING = "warning"
     INFO = "info"
@@ -86,6 +93,9 @@ _BY_KIND = {
     Kind.RUN_CRASHED: Priority.P2,
     Kind.RUN_FAILED: Priority.P2,
     Kind.BACKUP_FAILED: Priority.P2,
+    Kind.UPGRADE_FAILED: Priority.P2,
+    Kind.DISK_FULL: Priority.P2,
+    Kind.DISK_OVER_TARGET: Priority.P3,
     Kind.LAGGING: Priority.P3,
     Kind.WARNING: Priority.P3,
     Kind.INFO: Priority.P4,

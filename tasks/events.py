@@ -18,9 +18,10 @@ ALERT_UNROUTABLE = "runbooks.bridge.unroutable"  # an alert that names no node o
 # Problems node-recovery answers; anything else (disk filling, ...) is for
 # other runbooks and must not restart a node.
 RECOVERABLE_PROBLEMS = frozenset({"down", "stalled", "lagging"})
+DISK_PROBLEMS = frozenset({"disk"})
 # The runbooks an alert may start (the bridge's routing table names them) and
 # the reasons each one takes; each has an event trigger in prefect.yaml.
-ALERT_RUNBOOKS: dict[str, frozenset[str]] = {"node-recovery": RECOVERABLE_PROBLEMS}
+ALERT_RUNBOOKS: dict[str, frozenset[str]] = {"node-recovery": RECOVERABLE_PROBLEMS, "disk-prune": DISK_PROBLEMS}
 
 
 def node_resource(node: str, chain: str, problem: str | None = None) -> dict[str, str]:
@@ -35,8 +36,9 @@ def node_resource(node: str, chain: str, problem: str | None = None) -> dict[str
         "runbooks.node": node,
         "runbooks.chain": chain,
     }
-    if problem in RECOVERABLE_PROBLEMS:
-        resource["runbooks.remediation"] = "node-recovery"
+    for runbook, problems in ALERT_RUNBOOKS.items():
+        if problem in problems:
+            resource["runbooks.remediation"] = runbook
     return resource
 
 

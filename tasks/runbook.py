@@ -58,6 +58,7 @@ from tasks.vocabulary import Outcome
 # A duplicate automatic run should end quickly; an operator's run waits for the other one.
 AUTOMATIC_LEASE_WAIT_S = 2.0
 DEFAULT_APPROVAL_TIMEOUT_S = 3600
+READ_OUTPUT_CAP_BYTES = 16 * 1024 * 1024  # a file listing of a big datadir's clean-up directories
 
 
 class Done(Exception):
@@ -162,8 +163,19 @@ class Runbook:
 
     def ssh(self, node: str) -> SshRunner:
         """An SSH session to the node's host; in a dry run it never connects."""
-        host = self.inventory.host_of(node)
+        return self.ssh_to_host(self.inventory.node(node).host)
+
+    def ssh_to_host(self, host_name: str) -> SshRunner:
+        """An SSH session to a host, for host-level actions; in a dry run it never connects."""
+        host = self.inventory.hosts[host_name]
         return SshRunner(host, self.ssh_identity(host.ssh_identity_block), gate=self.gate)
+
+    def inspect(self, host_name: str) -> SshRunner:
+        """An SSH session for read-only commands (df, find): it runs in a dry run too, so the plan shows
+        the real host; audited like any command. Its output cap is large: a listing is the point."""
+        host = self.inventory.hosts[host_name]
+        return SshRunner(host, self.ssh_identity(host.ssh_identity_block), audit=self.audit,
+                         max_output_bytes=READ_OUTPUT_CAP_BYTES)
 
     def balancer(self, balancer: str) -> HAProxyRuntime:
         block = HAProxyAdmin.load(self.inventory.load_balancers[balancer].admin_block)

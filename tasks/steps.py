@@ -17,8 +17,10 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks import guards, hostinfo
 from tasks.haproxy import ServerState
+from tasks.errors import RunbookError
+from tasks.escalation import Kind
 from tasks.probes.assessment import Assessment, Sweep, as_dict, assess_nodes, sweep  # noqa: F401 - re-exported
-from tasks.runbook import Runbook
+from tasks.runbook import Failed, Runbook
 from tasks.services import service_manager_for
 from tasks.ssh import SshRunner
 from tasks.vocabulary import ActionKind
@@ -160,3 +162,35 @@ def wait_until_synced(rb: Runbook, node: str, deadline_s: float, poll_s: float =
             return latest
         time.sleep(poll_s)
         latest = assess_nodes(rb.inventory, [node])[node]
+
+
+START_ATTEMPTS = 3  # a dropped SSH connection must not leave the node stopped
+
+
+def bring_back(rb: Runbook, node: str, drained: bool, after_what: str) -> Assessment:
+    """After work on a stopped node: start it, wait until it is synced, return it to rotation.
+
+    Started on a fresh connection, retried: the one the work used may be the one that dropped. A node
+    that does not come back is escalated (`Failed`, not-recovered) and left out of rotation.
+    """
+    started, last_error = False, None
+    for attempt in range(START_ATTEMPTS):
+        try:
+            with rb.ssh(node) as ssh:
+                started = start_service(rb, ssh, node)
+            if started:
+                break
+        except RunbookError as exc:
+            last_error = exc
+        time.sleep(2 * (attempt + 1))
+    after = wait_until_synced(rb, node, rb.inventory.chain_of(node).recovery_deadline_seconds) if started \
+        else assess_nodes(rb.inventory, [node])[node]
+    rb.audit.state("after", as_dict(after))
+    if not (started and after.healthy):
+        why = f"could not start it ({last_error})" if not started else f"still {after.status}: {after.reason}"
+        raise Failed(Kind.NOT_RECOVERED, node, f"{node} did not come back after {after_what}: {why}; "
+                     + ("left out of rotation" if drained else "rotation unchanged"),
+                     {"after": f"{after.status}: {after.reason}"})
+    if drained:
+        return_to_rotation(rb, node)
+    return after

@@ -30,6 +30,7 @@ NODE_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 OPERATOR_RE = r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,99}$"
 
 NodeName = Annotated[str, Field(pattern=NODE_NAME_RE, description="Node name from the inventory")]
+HostName = Annotated[str, Field(pattern=NODE_NAME_RE, description="Host name from the inventory")]
 Operator = Annotated[str, Field(pattern=OPERATOR_RE, description="Who you are (user name or e-mail)")]
 # A flow parameter only automation sets (e.g. the id of the event that started
 # the run): deployments/forms.py leaves every parameter whose schema carries

@@ -119,7 +119,7 @@ def restore_fleet(timeout: float = 60) -> None:
     for host in st["hosts"].values():
         binary = Path(host["binary"])
         if not binary.exists() and not binary.is_symlink():
-            os.symlink(topology.ANVIL_BIN, binary)
+            os.symlink(Path(host["install_dir"]) / "current" / "anvil", binary)
     for name, info in {**st["nodes"], **st["references"]}.items():
         if info.get("fault"):
             lab_api.heal(name)

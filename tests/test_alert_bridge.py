@@ -284,14 +284,14 @@ def test_a_firing_alert_for_a_known_node_becomes_one_event_on_the_node(bridge, p
     }
 
 
-def test_an_alert_node_recovery_cannot_fix_does_not_name_it_as_remediation(bridge, prefect_api):
+def test_a_disk_alert_names_disk_prune_as_remediation_never_node_recovery(bridge, prefect_api):
     # A filling disk is pruning's business: its event must not match node-recovery's trigger.
     a = alert("eth-a", alertname="DiskFilling", reason="disk")
     r = bridge.post(webhook(a))
     assert r.status_code == 200, r.text
     landed = wait_for_events(prefect_api, a["fingerprint"])
     assert landed[0]["resource"]["runbooks.node"] == "eth-a"
-    assert "runbooks.remediation" not in landed[0]["resource"]
+    assert landed[0]["resource"]["runbooks.remediation"] == "disk-prune"
 
 
 def test_a_resolved_alert_becomes_a_resolved_event(bridge, prefect_api):
@@ -511,14 +511,23 @@ def test_an_instance_on_a_host_with_two_nodes_and_no_matching_endpoint_is_ambigu
     assert record["payload"]["labels"] == a["labels"]
 
 
-def test_a_disk_alert_by_its_community_name_is_recorded_on_the_node_and_starts_nothing(bridge, prefect_api):
-    a = operator_alert("Disk Space low", instance="127.0.0.1:6060")
+def test_a_disk_alert_by_its_community_name_is_routed_to_disk_prune_on_the_node(bridge, prefect_api):
+    a = operator_alert("Disk Space low", instance="127.0.0.1:6060")  # eth-docker's Grafana title
+    said = bridge.post(webhook(a)).json()["alerts"][0]
+    assert said["outcome"] == "emitted" and said["runbook"] == "disk-prune", said
+    [event] = wait_for_events(prefect_api, a["fingerprint"])
+    assert event["resource"]["runbooks.node"] == "eth-a"
+    assert event["resource"]["runbooks.remediation"] == "disk-prune"  # disk-prune's trigger matches it
+    assert event["payload"]["reason"] == "disk"
+
+
+def test_an_inode_alert_is_recorded_on_the_node_and_starts_nothing(bridge, prefect_api):
+    a = operator_alert("HostOutOfInodes", instance="127.0.0.1:6060")
     said = bridge.post(webhook(a)).json()["alerts"][0]
     assert said["outcome"] == "emitted" and said["runbook"] == "notify", said
     [event] = wait_for_events(prefect_api, a["fingerprint"])
     assert event["resource"]["runbooks.node"] == "eth-a"
     assert "runbooks.remediation" not in event["resource"]  # no trigger matches it
-    assert event["payload"]["reason"] == "disk"
 
 
 def test_an_alert_no_route_matches_is_answered_counted_logged_and_recorded(bridge, prefect_api):

@@ -98,18 +98,19 @@ def test_an_operator_names_nodes_by_their_own_labels_and_aliases(tmp_path):
     ("NodeDown", "node-recovery", "down"),  # our own rules, unchanged
     ("NodeStalled", "node-recovery", "stalled"),
     ("NodeLagging", "node-recovery", "lagging"),
-    ("DiskFilling", "notify", "disk"),
+    ("DiskFilling", "disk-prune", "disk"),
     ("PrometheusTargetMissing", "node-recovery", "down"),
     ("ClientSyncStatusExecution", "node-recovery", "stalled"),
     ("BesuChainStalled", "node-recovery", "stalled"),
     ("SolanaNodeUnhealthy", "node-recovery", "down"),
     ("SolanaNodeSlotsBehind", "node-recovery", "lagging"),
-    ("HostOutOfDiskSpace", "notify", "disk"),
-    ("HostDiskWillFillIn24Hours", "notify", "disk"),  # the old name of HostDiskMayFillIn24Hours
-    ("HostDiskMayFillIn24Hours", "notify", "disk"),
-    ("Disk Space low", "notify", "disk"),  # eth-docker's Grafana titles
-    ("Disk Space critically low", "notify", "disk"),
-    ("LowDiskSpaceCritical", "notify", "disk"),  # Rocket Pool
+    ("HostOutOfDiskSpace", "disk-prune", "disk"),
+    ("HostDiskWillFillIn24Hours", "disk-prune", "disk"),  # the old name of HostDiskMayFillIn24Hours
+    ("HostDiskMayFillIn24Hours", "disk-prune", "disk"),
+    ("Disk Space low", "disk-prune", "disk"),  # eth-docker's Grafana titles
+    ("Disk Space critically low", "disk-prune", "disk"),
+    ("LowDiskSpaceCritical", "disk-prune", "disk"),  # Rocket Pool
+    ("HostOutOfInodes", "notify", "disk"),  # inodes are not bytes: old logs may not help, a human looks
     ("HostOutOfMemory", "notify", None),
 ])
 def test_the_shipped_table_routes_our_rules_and_the_common_community_names(alertname, runbook, reason):

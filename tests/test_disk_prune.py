@@ -1,0 +1,166 @@
+"""disk-prune on the lab's real, size-limited host filesystems: a filled disk raises DiskFilling,
+which starts disk-prune through the worker; the safe clean-ups bring it under target; the datadir's
+database and segments are never touched (segments hashed, the chain's blocks read back)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pwd
+import shlex
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+import lab
+from flows.disk_prune import disk_prune
+from inventory import load_inventory
+from lab import disks
+from lab import topology as t
+from tasks.audit import read_entries
+from tasks.chainstate import block_at
+from tests import fleet
+
+pytestmark = pytest.mark.lab
+NODE = "eth-a"
+TARGET = 0.60  # the inventory's default disk policy
+
+
+def datadir(node: str = NODE) -> Path:
+    return Path(load_inventory().node(node).datadir)
+
+
+def used_ratio(node: str = NODE) -> float:
+    used, size = disks.usage(datadir(node))
+    return used / size
+
+
+def segment_hashes(node: str = NODE) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((datadir(node) / "snapshots").iterdir())}
+
+
+def chain_marks(node: str = NODE) -> dict[int, str]:
+    """A few block hashes the node's database must still hold afterwards."""
+    url = load_inventory().node(node).rpc_url
+    head = block_at(url).number
+    return {n: block_at(url, n).hash for n in (1, head // 2, head)}
+
+
+def assert_database_and_segments_intact(node: str, segments: dict, marks: dict) -> None:
+    assert segment_hashes(node) == segments
+    assert (datadir(node) / "state.json").stat().st_size > 0
+    url = load_inventory().node(node).rpc_url
+    assert {n: block_at(url, n).hash for n in marks} == marks
+
+
+def deletes(run_id: str) -> list[str]:
+    """Every path the run's rm commands named, from its audit record."""
+    paths = []
+    for e in read_entries(run_id=run_id, kind="action"):
+        argv = shlex.split(e["data"].get("command", ""))
+        if argv[:3] == ["rm", "-f", "--"]:
+            paths += argv[3:]
+    return paths
+
+
+def prune_runs(since: float) -> dict[str, dict | None]:
+    """disk-prune runs started since `since`: run id -> its outcome (None while it runs)."""
+    after = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(since - 1))
+    runs = {e["run_id"]: None for e in read_entries(kind="started") if e["flow"] == "disk-prune" and e["ts"] >= after}
+    for e in read_entries(kind="outcome"):
+        if e["run_id"] in runs:
+            runs[e["run_id"]] = e["data"]
+    return runs
+
+
+def the_run(since: float) -> str:
+    [run_id] = list(prune_runs(since))[-1:]
+    return run_id
+
+
+def paths_artifact(prefect_api: str, target: str) -> dict[str, int]:
+    r = httpx.get(f"{prefect_api}/artifacts/disk-prune-{target}-paths/latest", timeout=10)
+    r.raise_for_status()
+    return {row["path"]: row["bytes"] for row in json.loads(r.json()["data"])}  # a table's rows, as JSON text
+
+
+def test_a_dry_run_lists_every_path_it_would_delete_with_its_size_and_deletes_nothing(healthy_fleet, prefect_api):
+    written = lab.fault(NODE, "fill-disk", 85)["files"]
+    try:
+        sizes = {p: os.path.getsize(p) for p in written}
+        ratio = used_ratio()
+        assert ratio > 0.8
+        result = disk_prune(node=NODE, dry_run=True)
+        assert result["outcome"] == "dry-run", result
+        listed = paths_artifact(prefect_api, NODE)
+        old_logs = {p: s for p, s in sizes.items() if "/logs/" in p}
+        assert len(old_logs) == 4 and all(listed.get(p) == s for p, s in old_logs.items()), listed
+        # Old logs alone bring it under target: the temp files (node stop needed) are not planned.
+        assert not [p for p in listed if "/temp/" in p]
+        assert all(os.path.exists(p) for p in written) and abs(used_ratio() - ratio) < 0.01
+        assert "rm -f --" in result["detail"]  # what it would run, named
+    finally:
+        lab.heal(NODE)
+
+
+def test_disk_filling_starts_disk_prune_which_frees_space_with_the_safe_steps_alone(healthy_fleet):
+    segments, marks, spawns = segment_hashes(), chain_marks(), fleet.spawns(NODE)
+    since = time.time()
+    with fleet.automation_on(schedules=False):
+        written = lab.fault(NODE, "fill-disk", 85)["files"]
+        try:
+            assert used_ratio() > 0.8
+            fleet.wait_for(lambda: used_ratio() < TARGET, 180, 1, what="disk-prune (started by DiskFilling) to free space")
+            # Every node on h1's filesystem alerted: one run cleaned it, the others found it busy or done.
+            runs = fleet.wait_for(lambda: (r := prune_runs(since)) and all(r.values()) and r, 60,
+                                  what="the disk-prune runs to finish")
+        finally:
+            lab.heal(NODE)
+    [run_id] = [r for r, outcome in runs.items() if outcome["status"] == "succeeded"]
+    assert all(o["status"] == "noop" for r, o in runs.items() if r != run_id), runs
+    started = [e for e in read_entries(run_id=run_id) if e["kind"] == "started"][0]["data"]
+    assert started["trigger"]["alert"]["alertname"] == "DiskFilling"
+    removed = deletes(run_id)
+    assert sorted(removed) == sorted(p for p in written if "/logs/" in p)  # the old logs, and nothing else
+    assert_database_and_segments_intact(NODE, segments, marks)
+    assert fleet.spawns(NODE) == spawns and fleet.server(NODE).in_rotation  # never stopped for this
+
+
+def test_when_old_logs_are_not_enough_the_node_is_stopped_its_temp_emptied_and_returned_to_rotation(healthy_fleet):
+    temp = datadir() / "temp"
+    temp.mkdir(exist_ok=True)
+    scratch = temp / "etl-sort-000001.tmp"
+    used, size = disks.usage(datadir())
+    with open(scratch, "wb") as out:  # real blocks, past the 70% act mark
+        for _ in range(int((0.75 * size - used) // (4 << 20)) + 1):
+            out.write(os.urandom(4 << 20))
+    service = pwd.getpwnam(t.SERVICE_USER)
+    os.chown(scratch, service.pw_uid, service.pw_gid)
+    os.chown(temp, service.pw_uid, service.pw_gid)
+    segments, marks, spawns = segment_hashes(), chain_marks(), fleet.spawns(NODE)
+    try:
+        assert used_ratio() > 0.7
+        since = time.time()
+        result = disk_prune(host="h1")
+        assert result["status"] == "succeeded", result
+        assert not scratch.exists() and used_ratio() < TARGET
+        run_id = the_run(since)
+        assert deletes(run_id) == [str(scratch)]
+        actions = [e["data"].get("action") for e in read_entries(run_id=run_id, kind="action")]
+        assert actions.index("drain") < actions.index("stop") < actions.index("delete") < actions.index("start") \
+            < actions.index("ready"), actions
+    finally:
+        scratch.unlink(missing_ok=True)
+    assert fleet.spawns(NODE) == spawns + 1
+    fleet.wait_for(lambda: fleet.status_of(NODE) == "healthy" and fleet.server(NODE).in_rotation, 30,
+                   what=f"{NODE} healthy and in rotation")
+    assert_database_and_segments_intact(NODE, segments, marks)
+
+
+def test_a_disk_under_target_is_left_alone(healthy_fleet):
+    assert used_ratio() < TARGET
+    result = disk_prune(node=NODE)
+    assert result["status"] == "noop" and result["outcome"] == "under-target", result
