@@ -185,7 +185,8 @@ def prune_bench() -> dict:
         for _ in range(int((0.75 * size - used) // (4 << 20)) + 1):
             out.write(os.urandom(4 << 20))
     service = pwd.getpwnam(topology.SERVICE_USER)
-    os.chown(scratch, service.pw_uid, service.pw_gid)
+    for path in (temp, scratch):
+        os.chown(path, service.pw_uid, service.pw_gid)
     began = time.time()
     result = disk_prune(host="h1")
     entries = [e for e in read_entries(kind="action") if ts(e) >= began - 1 and e["flow"] == "disk-prune"]
