@@ -158,8 +158,12 @@ class ClientUpgrade:
                          and health[m].healthy]
                 if not peers:
                     thin.append(n)
-        backups = self._backups(rb)
+        backups_ok, backups = self._backups(rb)
+        unlinked = [n for n, v in olds.items() if v is None]
         return [
+            Check("each node runs a version from its install_dir (the one a rollback returns to)", not unlinked,
+                  f"no `current` link under the install_dir of {', '.join(unlinked)}" if unlinked
+                  else ", ".join(f"{n} {v}" for n, v in olds.items())),
             Check("the version is newer than every node's", not stale,
                   f"{to} over {', '.join(f'{n} {v}' for n, v in olds.items())}" if not stale else f"not newer than {', '.join(stale)}"),
             Check("the release's checksum is published", bool(self.sha256),
@@ -167,15 +171,19 @@ class ClientUpgrade:
             Check("every node of the chain is healthy (nothing alerting)", not sick, ", ".join(sick) or "all healthy"),
             Check("the disruption budget holds, one node at a time", not thin,
                   f"no healthy peer behind {', '.join(thin)}" if thin else "each node has a healthy peer in its backend"),
-            Check("a datadir backup before a change that may migrate", True, backups),
+            Check("a datadir backup before a change that may migrate", backups_ok, backups),
             Check("no half-done change on these nodes", True,
                   "; ".join(c.describe() for c in self.pending.values()) or "none"),
         ]
 
-    def _backups(self, rb: Runbook) -> str:
+    def _backups(self, rb: Runbook) -> tuple[bool, str]:
+        """(can the pre-change backups be taken, what the CR says about them)."""
         if not any(may_migrate(self.current[n], self.to) for n in self.order):
-            return f"not needed: {self.to} is a patch release over every node's version"
-        store, _ = open_store(rb.inventory)
+            return True, f"not needed: {self.to} is a patch release over every node's version"
+        try:
+            store, _ = open_store(rb.inventory)
+        except Exception as exc:  # noqa: BLE001 - no store, no way back from a migration: refuse the change
+            return False, f"the backup store cannot be opened ({type(exc).__name__}: {str(exc)[:200]})"
         fresh = datetime.now(timezone.utc) - BACKUP_MAX_AGE
         notes = []
         for n in self.order:
@@ -183,7 +191,7 @@ class ClientUpgrade:
                 recent = [m for m in list_manifests(store, "snapshot", n) if m.created_at >= fresh and is_verified(store, m)]
                 notes.append(f"{n}: " + (f"verified snapshot {recent[-1].key}; " if recent else "")
                              + "a new one is taken while it is stopped, before the switch")
-        return "; ".join(notes)
+        return True, "; ".join(notes)
 
     def act(self, rb: Runbook, plan: Plan) -> dict:
         for change in self.pending.values():

@@ -118,7 +118,7 @@ def test_a_dry_run_renders_the_change_request_and_changes_nothing(fleet_on_old, 
     assert result["outcome"] == "dry-run", result
     cr = httpx.get(f"{prefect_api}/artifacts/change-request-{CHAIN}/latest", timeout=10).json()["data"]
     assert f"upgrade anvil to {NEW} on {CHAIN}" in cr and "Risk: **Medium**" in cr  # 1.5 -> 1.7 may migrate
-    assert "- [ ]" not in cr and cr.count("- [x]") == 6
+    assert "- [ ]" not in cr and cr.count("- [x]") == 7
     assert snapshot_of_fleet() == before
 
 
