@@ -299,13 +299,4 @@ def disk_prunes(
     """The daily 02:00 pass: every host in turn, each as its own disk-prune run (own leases, audit and outcome);
     a host that fails is escalated by its own run and does not stop the others."""
     names = hosts or sorted(load_inventory().hosts)
-    results = {}
-    for name in names:
-        try:
-            results[name] = disk_prune(host=name, dry_run=dry_run)["status"]
-        except Exception as exc:  # noqa: BLE001 - escalated by the host's own run; the next host still goes
-            results[name] = f"failed: {type(exc).__name__}"
-    failed = sorted(n for n, s in results.items() if s.startswith("failed"))
-    if failed:
-        raise RuntimeError(f"disk-prune failed for {', '.join(failed)} (each escalated by its own run): {results}")
-    return results
+    return runbook.each_in_turn(names, lambda name: disk_prune(host=name, dry_run=dry_run), "disk-prune")

@@ -162,13 +162,4 @@ def snapshot_backups(
     outcome). One at a time, so at most one node of a backend is ever out for a backup; a failure is escalated
     by that node's run and does not stop the others."""
     names = nodes or sorted(load_inventory().nodes)
-    results = {}
-    for name in names:
-        try:
-            results[name] = snapshot_backup(name, dry_run=dry_run)["status"]
-        except Exception as exc:  # noqa: BLE001 - escalated by the node's own run; the next node still goes
-            results[name] = f"failed: {type(exc).__name__}"
-    failed = sorted(n for n, s in results.items() if s.startswith("failed"))
-    if failed:
-        raise RuntimeError(f"snapshots failed for {', '.join(failed)} (each escalated by its own run): {results}")
-    return results
+    return runbook.each_in_turn(names, lambda name: snapshot_backup(name, dry_run=dry_run), "snapshots")

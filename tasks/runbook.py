@@ -234,6 +234,22 @@ class Runbook:
         return {"status": status.value, "outcome": outcome, "detail": detail, **data}
 
 
+def each_in_turn(names: list[str], run_one, what: str) -> dict[str, str]:
+    """A batch flow's body: `run_one(name)` (a runbook flow) for each name in turn, each with its own lease,
+    audit and outcome; a failure was escalated by that run and does not stop the others. Raises at the end,
+    naming the failures, so the batch run shows red."""
+    results = {}
+    for name in names:
+        try:
+            results[name] = run_one(name)["status"]
+        except Exception as exc:  # noqa: BLE001 - escalated by its own run; the next one still goes
+            results[name] = f"failed: {type(exc).__name__}"
+    failed = sorted(n for n, s in results.items() if s.startswith("failed"))
+    if failed:
+        raise RuntimeError(f"{what} failed for {', '.join(failed)} (each escalated by its own run): {results}")
+    return results
+
+
 def run(procedure: Procedure, trigger: Trigger, *, dry_run: bool = False, lease_wait_seconds: float = 300,
         approval_timeout_seconds: int = DEFAULT_APPROVAL_TIMEOUT_S) -> dict[str, Any]:
     """Run a procedure inside the frame; returns {"status": Outcome, "outcome", "detail", ...}."""
