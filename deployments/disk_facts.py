@@ -31,10 +31,11 @@ log = logging.getLogger("runbooks.exporter.disk")
 GROWTH_WINDOW_S = 15 * 60
 
 
-def act_ratio(inventory: Inventory, node: str) -> float:
-    """Used/size beyond which the node's disk needs pruning (its host's disk policy), published so the
-    rule and disk-prune read one source."""
-    return inventory.host_of(node).disk.act_percent / 100
+def policy_ratios(inventory: Inventory, node: str) -> dict[str, float]:
+    """warn / act / critical as used/size ratios (the node's host's disk policy), published so the rules
+    and disk-prune read one source."""
+    policy = inventory.host_of(node).disk
+    return {"warn": policy.warn_percent / 100, "act": policy.act_percent / 100, "critical": policy.critical_percent / 100}
 
 
 FIELD = "\x1f"  # separates one datadir's df output from its du figure (never in df's text)

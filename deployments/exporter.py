@@ -32,7 +32,8 @@ Disk facts (with --ssh-key and --known-hosts; deployments/disk_facts.py, every -
     runbooks_node_datadir_bytes            the datadir itself (du)
     runbooks_node_fs_growth_bytes_per_second  slope of used bytes over the last 15 min of samples
     runbooks_node_disk_sample_timestamp_seconds
-    runbooks_node_disk_act_ratio           the inventory's act threshold for the node, as a ratio
+    runbooks_node_disk_warn_ratio, runbooks_node_disk_act_ratio, runbooks_node_disk_critical_ratio
+                                           the inventory's disk thresholds for the node, as ratios
 
 Run:
     RUNBOOKS_INVENTORY=inventory.yaml python -m deployments.exporter --port 19100 \
@@ -143,7 +144,9 @@ class FleetCollector(Collector):
             ("datadir_bytes", "Size of the node's datadir"),
             ("fs_growth_bytes_per_second", "Growth of the datadir filesystem's used bytes over the last 15 min"),
             ("disk_sample_timestamp_seconds", "Unix time of the node's last disk sample"),
-            ("disk_act_ratio", "Inventory disk policy: used/size beyond which disk-prune acts"))}
+            ("disk_warn_ratio", "Inventory disk policy: used/size beyond which Slack is told"),
+            ("disk_act_ratio", "Inventory disk policy: used/size beyond which disk-prune acts"),
+            ("disk_critical_ratio", "Inventory disk policy: used/size beyond which it pages"))}
         for name, (s, rate) in sorted(self.disks.latest().items()):
             if name not in inventory.nodes:
                 continue
@@ -152,7 +155,8 @@ class FleetCollector(Collector):
             families["fs_used_bytes"].add_metric(labels, s.used_bytes)
             families["fs_avail_bytes"].add_metric(labels, s.avail_bytes)
             families["disk_sample_timestamp_seconds"].add_metric(labels, s.at)
-            families["disk_act_ratio"].add_metric(labels, disk_facts.act_ratio(inventory, name))
+            for level, ratio in disk_facts.policy_ratios(inventory, name).items():
+                families[f"disk_{level}_ratio"].add_metric(labels, ratio)
             if s.datadir_bytes is not None:
                 families["datadir_bytes"].add_metric(labels, s.datadir_bytes)
             if rate is not None:

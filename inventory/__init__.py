@@ -135,14 +135,17 @@ class Chain(Strict):
 class DiskPolicy(Strict):
     """When the filesystem holding a host's datadirs is pruned (disk-prune) and alerted on (DiskFilling).
 
-    The seeds' disks sat at 70% and their 02:00 cleaner kept them under 60%: DiskFilling fires past
-    `act_percent`, disk-prune cleans until usage is under `target_percent` (the daily run prunes any
-    disk above it), and a disk still past `critical_percent` after the safe clean-ups pages (P2). A
+    The seeds' disks sat at 70% and their 02:00 cleaner kept them under 60%: DiskSpaceWarning tells
+    Slack past `warn_percent`, DiskFilling (disk-prune) fires past `act_percent` and DiskCritical
+    (disk-prune, and it pages) past `critical_percent`; disk-prune cleans until usage is under
+    `target_percent` (the daily run prunes any disk above it), and a disk still past
+    `critical_percent` after the safe clean-ups pages (P2). A
     node also counts as over when its free space is under its client's floor (eth-docker's: Nethermind
     300 GiB, Geth 100 GiB, others 50 GiB; `min_free_gib` overrides it for every node of the host).
     """
 
     target_percent: Annotated[float, Field(gt=0, lt=100)] = 60.0
+    warn_percent: Annotated[float, Field(gt=0, lt=100)] = 65.0  # DiskSpaceWarning: Slack, nothing runs
     act_percent: Annotated[float, Field(gt=0, lt=100)] = 70.0
     critical_percent: Annotated[float, Field(gt=0, le=100)] = 90.0
     min_free_gib: Annotated[float, Field(ge=0)] | None = None
@@ -150,9 +153,9 @@ class DiskPolicy(Strict):
 
     @model_validator(mode="after")
     def _ordered(self) -> "DiskPolicy":
-        if not self.target_percent < self.act_percent <= self.critical_percent:
-            raise ValueError(f"disk thresholds must rise: target {self.target_percent}% < act {self.act_percent}% "
-                             f"<= critical {self.critical_percent}%")
+        if not self.target_percent < self.warn_percent <= self.act_percent <= self.critical_percent:
+            raise ValueError(f"disk thresholds must rise: target {self.target_percent}% < warn {self.warn_percent}% "
+                             f"<= act {self.act_percent}% <= critical {self.critical_percent}%")
         return self
 
 

@@ -99,6 +99,8 @@ def test_an_operator_names_nodes_by_their_own_labels_and_aliases(tmp_path):
     ("NodeStalled", "node-recovery", "stalled"),
     ("NodeLagging", "node-recovery", "lagging"),
     ("DiskFilling", "disk-prune", "disk"),
+    ("DiskCritical", "disk-prune", "disk"),
+    ("DiskSpaceWarning", "notify", "disk"),
     ("PrometheusTargetMissing", "node-recovery", "down"),
     ("ClientSyncStatusExecution", "node-recovery", "stalled"),
     ("BesuChainStalled", "node-recovery", "stalled"),

@@ -45,7 +45,7 @@ def alert_rules() -> list[dict]:
 def test_promtool_accepts_the_rules():
     result = run(tool("promtool"), "check", "rules", str(RULES))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 4 rules found" in result.stdout
+    assert "SUCCESS: 6 rules found" in result.stdout
 
 
 def test_every_alert_rule_passes_its_unit_tests():
@@ -55,9 +55,10 @@ def test_every_alert_rule_passes_its_unit_tests():
 
 def test_every_alert_names_its_cause_severity_and_a_summary():
     by_name = {r["alert"]: r for r in alert_rules()}
-    assert set(by_name) == {"NodeDown", "NodeStalled", "NodeLagging", "DiskFilling"}
+    assert set(by_name) == {"NodeDown", "NodeStalled", "NodeLagging", "DiskFilling", "DiskCritical", "DiskSpaceWarning"}
     reasons = {name: r["labels"]["reason"] for name, r in by_name.items()}
-    assert reasons == {"NodeDown": "down", "NodeStalled": "stalled", "NodeLagging": "lagging", "DiskFilling": "disk"}
+    assert reasons == {"NodeDown": "down", "NodeStalled": "stalled", "NodeLagging": "lagging", "DiskFilling": "disk",
+                       "DiskCritical": "disk", "DiskSpaceWarning": "disk"}
     for name, rule in by_name.items():
         assert rule["labels"]["severity"] in {"critical", "warning", "info"}, name
         assert {"summary", "description"} <= set(rule["annotations"]), name
