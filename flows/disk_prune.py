@@ -39,12 +39,16 @@ from tasks.errors import RunbookError
 from tasks.escalation import Kind
 from tasks.gate import DryRunComplete
 from tasks.guards import Resource
+from tasks.backups.snapshot import SnapshotTarget, stream_datadir, write_verified_manifest
+from tasks.chainstate import block_at
 from tasks.hostinfo import DiskUsage, disk_usage_argv, parse_df
 from tasks.runbook import Done, Failed, Runbook
 from tasks.steps import bring_back, check_disruption_budget, drain_from_rotation, step, stop_service
 from tasks.vocabulary import AUTOMATION_ONLY, ActionKind, HostName, NodeName, Outcome
 
 MIB = 1024**2
+HEAVY_TIMEOUT_S = 24 * 3600  # geth's offline prune-state can exceed 12 h
+HEAVY_RESYNC_DEADLINE_S = 8 * 3600  # an Erigon resync from its segments: 6-8 h
 
 
 @dataclass
@@ -93,8 +97,9 @@ def usage_of(rb: Runbook, host: str, node: str) -> DiskUsage:
         return parse_df(ssh.run(disk_usage_argv(rb.node(node).datadir), check=True).stdout)
 
 
-def survey(rb: Runbook, host: str, disk: Disk) -> list[pruning.Cleanup]:
-    """The clean-ups for one filesystem, cheapest first, disposable directories only as far as needed."""
+def survey(rb: Runbook, host: str, disk: Disk, heavy: bool = False) -> list[pruning.Cleanup]:
+    """The clean-ups for one filesystem, cheapest first, disposable directories and (when asked) the clients'
+    heavy pruning only as far as needed."""
     policy = rb.inventory.hosts[host].disk
     cleanups: list[pruning.Cleanup] = []
     with rb.inspect(host) as ssh:
@@ -129,7 +134,23 @@ def survey(rb: Runbook, host: str, disk: Disk) -> list[pruning.Cleanup]:
                 cleanups.append(pruning.Cleanup("disposable", host, node, f"empty {', '.join(sorted(dirs.values()))} "
                                                 "(rebuilt by the client)", needs_stop=True, paths=paths, skipped=refused))
                 still -= sum(c.size for c in paths)
+        for node in disk.nodes if heavy else ():
+            heavy_prune = pruning.HEAVY.get(rb.node(node).client.value)
+            if still <= 0 or heavy_prune is None:
+                continue
+            expected = _bytes_under(ssh, rb.node(node).datadir, heavy_prune.remove) if heavy_prune.remove else None
+            cleanups.append(pruning.Cleanup("heavy", host, node, heavy_prune.description, needs_stop=True,
+                                            expected_bytes=expected, heavy=heavy_prune))
+            still -= expected or 0
     return cleanups
+
+
+def _bytes_under(ssh, datadir: str, relative: tuple[str, ...]) -> int:
+    """What `du` counts under the given datadir-relative paths (0 for what is not there)."""
+    paths = [f"{datadir.rstrip('/')}/{r}" for r in relative]
+    out = ssh.run(["sh", "-c", 'for p; do [ -e "$p" ] && du -s -B1 -- "$p"; done; exit 0', "sh", *paths],
+                  check=True).stdout
+    return sum(int(line.split()[0]) for line in out.splitlines() if line.split() and line.split()[0].isdigit())
 
 
 def _listing(ssh, directory: str, old_logs_days: int | None) -> tuple[list[pruning.Candidate], list[str]]:
@@ -147,16 +168,33 @@ def delete_files(rb: Runbook, ssh, node: str, cleanup: pruning.Cleanup) -> None:
         ssh.run(argv, check=True, action=ActionKind.delete, audit_data={"step": cleanup.name})
 
 
+@step("heavy-prune")
+def heavy_prune(rb: Runbook, ssh, node: str, how: pruning.HeavyPrune, head) -> None:
+    """A verified backup of the stopped node's datadir first (the way back), then the client's own prune or
+    the removal of the database it rebuilds."""
+    target = SnapshotTarget.open(rb, node)
+    backup = stream_datadir(rb, ssh, target)
+    manifest = write_verified_manifest(rb, target, backup, None, head)  # Failed (nothing pruned) if unreadable
+    rb.audit.note("heavy-prune backup", node=node, manifest=manifest.key)
+    ssh.run(how.argv(rb.node(node).datadir), check=True, timeout=HEAVY_TIMEOUT_S, action=ActionKind.delete,
+            audit_data={"step": "heavy-prune", "backup": manifest.key})
+
+
 @dataclass
 class DiskPrune:
     node: str | None = None
     host: str | None = None
+    heavy: bool = False
     flow = "disk-prune"
-    needs_approval = False
     freed: list[dict] = field(default_factory=list)
 
+    @property
+    def needs_approval(self) -> bool:
+        """Heavy pruning takes a node down for hours and its database with it: a human approves the plan."""
+        return self.heavy
+
     def parameters(self) -> dict:
-        return {"node": self.node, "host": self.host}
+        return {"node": self.node, "host": self.host, "heavy": self.heavy}
 
     def resources(self) -> list[Resource]:
         """Every node on the host: datadirs share filesystems, so DiskFilling fires for each node on a full
@@ -184,7 +222,11 @@ class DiskPrune:
         if not over:
             raise Done(Outcome.noop, "under-target", "nothing to prune: " + "; ".join(
                 d.describe() for d in self.disks.values()) if self.disks else f"{self.target} holds no datadir")
-        self.cleanups = [c for d in over.values() for c in survey(rb, self.host_name, d)]
+        if getattr(self, "first_plan", None) is not None:
+            # Made again under the leases after approval: still over target, so the approved list stands
+            # (its byte counts move with every write the nodes make; a new survey would never hash the same).
+            return self.first_plan
+        self.cleanups = [c for d in over.values() for c in survey(rb, self.host_name, d, self.heavy)]
         rows = [{"step": c.name, "node": c.node or "-", "path": p.path, "bytes": p.size}
                 for c in self.cleanups for p in c.paths]
         create_table_artifact(rows or [{"step": "-", "node": "-", "path": "(no files)", "bytes": 0}],
@@ -192,12 +234,15 @@ class DiskPrune:
                               description=f"disk-prune {self.target}: every path it {'would delete' if rb.dry_run else 'deletes'}")
         steps = [f"{d.describe()}: free at least {d.needed_bytes() / MIB:.1f} MiB" for d in over.values()]
         steps += [c.summary() for c in self.cleanups]
-        steps.append("after each step, measure what it freed and stop once under target; "
-                     "still over target: escalate (heavy client pruning or more disk is a human's call)")
-        return Plan(steps, {"host": self.host_name, "needed_bytes": {m: d.needed_bytes() for m, d in over.items()},
+        steps.append("after each step, measure what it freed and stop once under target; still over target: "
+                     + ("escalate (more disk is a human's call)" if self.heavy else
+                        "escalate (heavy client pruning, `heavy: true` with approval, or more disk is a human's call)"))
+        self.first_plan = plan = Plan(steps, {"host": self.host_name,
+                                                 "needed_bytes": {m: d.needed_bytes() for m, d in over.items()},
                             "cleanups": [{"step": c.name, "node": c.node, "files": len(c.paths),
                                           "planned_bytes": c.planned_bytes, "refused": c.skipped[:20]}
                                          for c in self.cleanups]})
+        return plan
 
     def act(self, rb: Runbook, plan: Plan) -> dict:
         for cleanup in self.cleanups:
@@ -245,14 +290,19 @@ class DiskPrune:
         failure = None
         try:
             with rb.ssh(node) as ssh:
+                head = block_at(rb.node(node).rpc_url) if cleanup.heavy else None
                 if not stop_service(rb, ssh, node):
-                    raise RunbookError(f"{node} did not stop: its disposable directories were left alone")
-                delete_files(rb, ssh, node, cleanup)
+                    raise RunbookError(f"{node} did not stop: its datadir was left alone")
+                if cleanup.heavy:
+                    heavy_prune(rb, ssh, node, cleanup.heavy, head)
+                else:
+                    delete_files(rb, ssh, node, cleanup)
         except DryRunComplete:
             raise
         except Exception as exc:  # noqa: BLE001 - the node is started again first, whatever went wrong
             failure = exc
-        bring_back(rb, node, drained, "its disk clean-up")
+        bring_back(rb, node, drained, "its disk clean-up",
+                   HEAVY_RESYNC_DEADLINE_S if cleanup.heavy and failure is None else None)
         if failure is not None:
             raise failure
         return None
@@ -283,12 +333,17 @@ def disk_prune(
     node: Annotated[NodeName | None, Field(description="A node: the filesystem holding its datadir")] = None,
     host: Annotated[HostName | None, Field(description="Or a host: the filesystems of every node on it")] = None,
     dry_run: Annotated[bool, Field(description="List every path it would delete, with its size; delete nothing")] = False,
+    heavy: Annotated[bool, Field(description="If the safe steps are not enough: the client's own prune or a resync "
+                                             "of its database (hours per node, one at a time, a backup first); needs approval")] = False,
     lease_wait_seconds: Annotated[float, Field(ge=0, le=3600, description="How long to wait for another run on these nodes")] = 300,
+    approval_timeout_seconds: Annotated[int, Field(ge=10, le=604800, description="How long a heavy prune waits for approval")] = 3600,
     trigger_event_id: AUTOMATION_ONLY = None,
 ) -> dict:
-    """Bring a node's (or a host's) datadir disk under its target with the safe clean-ups, each measured."""
-    return runbook.run(DiskPrune(node, host), trigger.describe("disk-prune", trigger_event_id),
-                       dry_run=dry_run, lease_wait_seconds=lease_wait_seconds)
+    """Bring a node's (or a host's) datadir disk under its target with the safe clean-ups, each measured; with
+    `heavy`, then the client's own pruning, approved."""
+    return runbook.run(DiskPrune(node, host, heavy), trigger.describe("disk-prune", trigger_event_id),
+                       dry_run=dry_run, lease_wait_seconds=lease_wait_seconds,
+                       approval_timeout_seconds=approval_timeout_seconds)
 
 
 @flow(name="disk-prunes", log_prints=True)

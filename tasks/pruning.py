@@ -72,6 +72,7 @@ class Cleanup:
     commands: list[list[str]] = field(default_factory=list)  # host-level steps: argv lists
     expected_bytes: int | None = None  # None: unknown until run (journald, images)
     skipped: list[str] = field(default_factory=list)  # names refused as unsafe, kept out of `paths`
+    heavy: HeavyPrune | None = None  # the client's own prune or resync (approval, backup first)
 
     @property
     def planned_bytes(self) -> int:
@@ -81,6 +82,9 @@ class Cleanup:
         where = self.node or self.host
         size = f"{self.planned_bytes / 1024**2:.1f} MiB" if self.expected_bytes is not None or self.paths else "unknown size"
         stop = ", node stopped (drained first)" if self.needs_stop else ""
+        if self.heavy:
+            return (f"{self.name} on {where}: {self.description}; about {self.planned_bytes / 1024**2:.1f} MiB; "
+                    "a verified backup of the datadir first, node drained and stopped until it has resynced")
         return f"{self.name} on {where}: {self.description}; {len(self.paths)} files, {size}{stop}"
 
 
@@ -141,6 +145,38 @@ def delete_argvs(client: str, datadir: str, paths: list[Candidate]) -> list[list
                            f"immutable: {', '.join(bad[:5])}")
     names = [c.path for c in paths]
     return [["rm", "-f", "--", *names[i:i + RM_BATCH]] for i in range(0, len(names), RM_BATCH)]
+
+
+# -- heavy pruning: the client's own offline prune, or its database resynced ---------------------
+
+@dataclass(frozen=True)
+class HeavyPrune:
+    """What frees a client's database itself. Hours of downtime on a real node (geth's prune-state can
+    exceed 12 h; an Erigon resync from its segments 6-8 h), so disk-prune runs it only when asked
+    (`heavy`), with approval, one node at a time, after a fresh verified backup of the datadir."""
+
+    description: str
+    remove: tuple[str, ...] = ()  # datadir-relative paths the client rebuilds (its database)
+    command: tuple[str, ...] = ()  # an offline prune command; "{datadir}" is the node's datadir
+
+    def argv(self, datadir: str) -> list[str]:
+        _check_path(datadir)
+        if self.command:
+            return [a.replace("{datadir}", datadir) for a in self.command]
+        targets = [f"{datadir.rstrip('/')}/{r}" for r in self.remove]
+        return ["rm", "-rf", "--", *targets]
+
+
+HEAVY: dict[str, HeavyPrune] = {
+    "geth": HeavyPrune("geth snapshot prune-state (offline; hash scheme, needs ~40 GB free)",
+                       command=("geth", "snapshot", "prune-state", "--datadir", "{datadir}")),
+    "op-geth": HeavyPrune("geth snapshot prune-state (offline)",
+                          command=("geth", "snapshot", "prune-state", "--datadir", "{datadir}")),
+    # Erigon rebuilds chaindata from its immutable segments (kept: snapshots/) and its peers.
+    "erigon": HeavyPrune("resync: chaindata removed, rebuilt from the segment files", remove=("chaindata",)),
+    # The lab's client: its state re-synced from the chain, as Erigon's chaindata is.
+    "anvil": HeavyPrune("resync: the state removed, rebuilt from the chain", remove=("state.json",)),
+}
 
 
 # -- host-level clean-ups: only where the host has the tool ------------------------------------

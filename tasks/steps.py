@@ -167,7 +167,7 @@ def wait_until_synced(rb: Runbook, node: str, deadline_s: float, poll_s: float =
 START_ATTEMPTS = 3  # a dropped SSH connection must not leave the node stopped
 
 
-def bring_back(rb: Runbook, node: str, drained: bool, after_what: str) -> Assessment:
+def bring_back(rb: Runbook, node: str, drained: bool, after_what: str, deadline_s: float | None = None) -> Assessment:
     """After work on a stopped node: start it, wait until it is synced, return it to rotation.
 
     Started on a fresh connection, retried: the one the work used may be the one that dropped. A node
@@ -183,7 +183,8 @@ def bring_back(rb: Runbook, node: str, drained: bool, after_what: str) -> Assess
         except RunbookError as exc:
             last_error = exc
         time.sleep(2 * (attempt + 1))
-    after = wait_until_synced(rb, node, rb.inventory.chain_of(node).recovery_deadline_seconds) if started \
+    deadline_s = deadline_s or rb.inventory.chain_of(node).recovery_deadline_seconds
+    after = wait_until_synced(rb, node, deadline_s) if started \
         else assess_nodes(rb.inventory, [node])[node]
     rb.audit.state("after", as_dict(after))
     if not (started and after.healthy):

@@ -164,3 +164,68 @@ def test_a_disk_under_target_is_left_alone(healthy_fleet):
     assert used_ratio() < TARGET
     result = disk_prune(node=NODE)
     assert result["status"] == "noop" and result["outcome"] == "under-target", result
+
+
+def test_heavy_pruning_waits_for_approval_backs_up_first_and_resyncs_one_node_at_a_time(healthy_fleet, tmp_path,
+                                                                                      monkeypatch):
+    """A host policy no safe step can meet (target 1%): with heavy=true the clients' own pruning is planned
+    (the lab's anvil: its state resynced from the chain, as Erigon's chaindata from its segments), waits for
+    approval, and per node takes a verified backup before it removes anything."""
+    import threading
+
+    import yaml
+    from prefect.flow_runs import resume_flow_run
+
+    from tasks.backups.manifest import list_manifests
+    from tasks.backups.restoring import is_verified
+    from tasks.backups.store import open_store
+
+    raw = yaml.safe_load(Path(os.environ["RUNBOOKS_INVENTORY"]).read_text())
+    raw["hosts"]["h1"]["disk"] = {"target_percent": 1, "warn_percent": 2, "act_percent": 3, "critical_percent": 99}
+    strict = tmp_path / "inventory.yaml"
+    strict.write_text(yaml.safe_dump(raw))
+    monkeypatch.setenv("RUNBOOKS_INVENTORY", str(strict))
+    on_h1 = sorted(n for n, node in t.NODES.items() if node.host == "h1")
+    segments = {n: segment_hashes(n) for n in on_h1}
+    since = time.time()
+    box: dict = {}
+    thread = threading.Thread(target=lambda: box.update(state=disk_prune(host="h1", heavy=True, return_state=True)),
+                              daemon=True)
+    thread.start()
+    run_id = fleet.wait_for(lambda: (r := list(prune_runs(since))) and r[-1], 30, what="the disk-prune run")
+    plan = fleet.wait_for(lambda: [e["data"] for e in read_entries(run_id=run_id, kind="plan")], 60,
+                          what="the heavy plan")[0]
+    assert any(step.startswith("heavy on eth-a") for step in plan["steps"]), plan
+    assert os.path.exists(datadir() / "state.json")  # nothing removed before approval
+    fleet.wait_for(lambda: [e for e in read_entries(run_id=run_id, kind="approval") if e["data"]["status"] == "requested"],
+                   60, what="the approval request")
+    time.sleep(2)  # the pause lands a moment after its audit entry
+    resume_flow_run(fleet.wait_for(lambda: _paused_run(run_id), 30, what="the paused run"),
+                    run_input={"approve": True, "approver": "alice", "comment": "resync h1", "plan_hash": plan["hash"]})
+    thread.join(600)
+    outcome = fleet.outcome(read_entries(run_id=run_id))
+    # Under 1% is out of reach (the segments alone are more): the run says so, after doing what it may.
+    assert outcome["status"] == "escalated" and "still over target" in outcome["detail"], outcome
+    actions = read_entries(run_id=run_id, kind="action")
+    store, _ = open_store(load_inventory())
+    for node in on_h1:
+        removed = [i for i, e in enumerate(actions) if e["data"]["command"].startswith("rm -rf --")
+                   and e["data"]["command"].endswith(f"/{node}/state.json")]
+        backed_up = [e for e in read_entries(run_id=run_id, kind="note") if e["data"].get("text") == "heavy-prune backup"
+                     and e["data"]["node"] == node]
+        assert removed and backed_up, (node, [e["data"]["command"] for e in actions])
+        [manifest] = [m for m in list_manifests(store, "snapshot", node) if m.key == backed_up[0]["data"]["manifest"]]
+        assert is_verified(store, manifest)
+        assert segment_hashes(node) == segments[node] and (datadir(node) / "state.json").exists()
+        fleet.wait_for(lambda: fleet.status_of(node) == "healthy" and fleet.server(node).in_rotation, 60,
+                       what=f"{node} resynced and back in rotation")
+    order = [(e["data"]["action"], e["data"]["command"]) for e in actions if e["data"]["action"] in ("drain", "ready")]
+    assert [a for a, _ in order] == ["drain", "ready", "drain", "ready"], order  # one node at a time
+
+
+def _paused_run(run_id: str):
+    from tasks import prefect_api
+
+    with prefect_api.client() as client:
+        run = client.read_flow_run(run_id)
+    return run.id if run.state and run.state.is_paused() else None
