@@ -66,18 +66,19 @@ def deletes(run_id: str) -> list[str]:
     return paths
 
 
-def prune_runs(since: float) -> dict[str, dict | None]:
-    """disk-prune runs started since `since`: run id -> its outcome (None while it runs)."""
+def prune_runs(since: float, **parameters) -> dict[str, dict | None]:
+    """disk-prune runs started since `since` (with these parameters): run id -> its outcome (None while it runs)."""
     after = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(since - 1))
-    runs = {e["run_id"]: None for e in read_entries(kind="started") if e["flow"] == "disk-prune" and e["ts"] >= after}
+    runs = {e["run_id"]: None for e in read_entries(kind="started") if e["flow"] == "disk-prune" and e["ts"] >= after
+            and parameters.items() <= e["data"]["parameters"].items()}
     for e in read_entries(kind="outcome"):
         if e["run_id"] in runs:
             runs[e["run_id"]] = e["data"]
     return runs
 
 
-def the_run(since: float) -> str:
-    [run_id] = list(prune_runs(since))[-1:]
+def the_run(since: float, **parameters) -> str:
+    [run_id] = list(prune_runs(since, **parameters))[-1:]
     return run_id
 
 
@@ -119,6 +120,9 @@ def test_disk_filling_starts_disk_prune_which_frees_space_with_the_safe_steps_al
                                   what="the disk-prune runs to finish")
         finally:
             lab.heal(NODE)
+    # No triggered run may still be queued when the next test fills a disk of its own.
+    fleet.wait_for(lambda: all(r.state and r.state.is_final() for r in fleet.flow_runs("disk-prune", since)), 120,
+                   what="every disk-prune run the alerts started to end")
     [run_id] = [r for r, outcome in runs.items() if outcome["status"] == "succeeded"]
     assert all(o["status"] == "noop" for r, o in runs.items() if r != run_id), runs
     started = [e for e in read_entries(run_id=run_id) if e["kind"] == "started"][0]["data"]
@@ -147,7 +151,7 @@ def test_when_old_logs_are_not_enough_the_node_is_stopped_its_temp_emptied_and_r
         result = disk_prune(host="h1")
         assert result["status"] == "succeeded", result
         assert not scratch.exists() and used_ratio() < TARGET
-        run_id = the_run(since)
+        run_id = the_run(since, host="h1")
         assert deletes(run_id) == [str(scratch)]
         actions = [e["data"].get("action") for e in read_entries(run_id=run_id, kind="action")]
         assert actions.index("drain") < actions.index("stop") < actions.index("delete") < actions.index("start") \
@@ -192,7 +196,8 @@ def test_heavy_pruning_waits_for_approval_backs_up_first_and_resyncs_one_node_at
     thread = threading.Thread(target=lambda: box.update(state=disk_prune(host="h1", heavy=True, return_state=True)),
                               daemon=True)
     thread.start()
-    run_id = fleet.wait_for(lambda: (r := list(prune_runs(since))) and r[-1], 30, what="the disk-prune run")
+    run_id = fleet.wait_for(lambda: (r := list(prune_runs(since, host="h1", heavy=True))) and r[-1], 30,
+                            what="the heavy disk-prune run")
     plan = fleet.wait_for(lambda: [e["data"] for e in read_entries(run_id=run_id, kind="plan")], 60,
                           what="the heavy plan")[0]
     assert any(step.startswith("heavy on eth-a") for step in plan["steps"]), plan

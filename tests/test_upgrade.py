@@ -140,7 +140,7 @@ def test_an_approval_rejected_or_never_given_changes_nothing_on_any_host(fleet_o
 
 def test_a_chain_is_upgraded_canary_first_through_its_approval_never_below_its_budget(fleet_on_old):
     lab.clear_stub_records()
-    thread, box, known = start_upgrade(version=f"v{NEW}", chain=CHAIN, soak_minutes=0.1, canary=1)
+    thread, box, known = start_upgrade(version=f"v{NEW}", chain=CHAIN, soak_minutes=0, canary=1)
     run = approve(known)
     in_rotation = []  # healthy servers in the backend, sampled through the wave
     while thread.is_alive():
