@@ -8,10 +8,10 @@ lab's inventory and audit directory, exactly as flows run by the worker do.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -85,71 +85,120 @@ SESSION_LOCK = Path("/var/tmp/rblab.session.lock")
 SESSION_LOCK_QUIET_SECONDS = 3.0
 
 
-def _say(request, text: str) -> None:
+def _say(text: str) -> None:
     """A line on the terminal now, past pytest's output capture."""
-    capture = request.config.pluginmanager.getplugin("capturemanager")
-    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
-        print(f"\n[lab] {text}", file=sys.stderr, flush=True)
+    print(f"\n[lab] {text}", file=sys.__stderr__, flush=True)
 
 
-@contextlib.contextmanager
-def _session_lock(request):
-    with open(SESSION_LOCK, "a+") as f:
-        waited_since = time.monotonic()
-        told = False
-        while True:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | (fcntl.LOCK_NB if not told else 0))
-                break
-            except BlockingIOError:
-                if time.monotonic() - waited_since < SESSION_LOCK_QUIET_SECONDS:
-                    time.sleep(0.2)
-                    continue
-                f.seek(0)
-                holder = f.read().strip() or "?"
-                _say(request, f"another test session holds the lab ({SESSION_LOCK}, held by pid {holder}): waiting for it")
-                told = True
-        if told:
-            _say(request, f"got the lab after {time.monotonic() - waited_since:.0f}s")
-        f.seek(0)
-        f.truncate()
-        f.write(f"{os.getpid()}\n")
-        f.flush()
+def _take_session_lock():
+    """The lab for this session alone (an exclusive flock, held until `_EarlyLab.finish`); returns the file."""
+    f = open(SESSION_LOCK, "a+")
+    waited_since, told = time.monotonic(), False
+    while True:
         try:
-            yield
+            fcntl.flock(f, fcntl.LOCK_EX | (fcntl.LOCK_NB if not told else 0))
+            break
+        except BlockingIOError:
+            if time.monotonic() - waited_since < SESSION_LOCK_QUIET_SECONDS:
+                time.sleep(0.2)
+                continue
+            f.seek(0)
+            _say(f"another test session holds the lab ({SESSION_LOCK}, held by pid {f.read().strip() or '?'}): "
+                 "waiting for it")
+            told = True
+    if told:
+        _say(f"got the lab after {time.monotonic() - waited_since:.0f}s")
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f
+
+
+class _EarlyLab:
+    """Brings the lab up, saves its blocks and registers every deployment (~80 s, most of it waiting for the
+    Prefect server) in a thread started at collection, while the tests that need no lab run first; the
+    first test that needs it waits here. A lab this checkout already started is reused and left up; a lab
+    from another checkout is refused; a lab this session started is taken down at its end."""
+
+    def __init__(self) -> None:
+        self.thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+        self.foreign: str | None = None
+        self.was_up = True
+        self.lock_file = None
+
+    def start(self) -> None:
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._run, name="lab-start", daemon=True)
+            self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            if (why := lab_api.foreign_lab()):  # at once, rather than after queueing for it
+                self.foreign = why
+                return
+            self.lock_file = _take_session_lock()
+            if (why := lab_api.foreign_lab()):
+                self.foreign = why
+                return
+            self.was_up = lab_api.is_up()
+            if not self.was_up:
+                try:
+                    lab_api.up(log=lambda *_: None)
+                except Exception:
+                    lab_api.down(log=lambda *_: None)
+                    raise
+            from deployments import register
+            from lab.blocks import save_lab_blocks
+            from tests import fleet
+
+            save_lab_blocks(lab_api.lab_dir())
+            register.main()
+            fleet.set_automation(False)
+        except BaseException as exc:  # noqa: BLE001 - raised in the session by `wait`
+            self.error = exc
+
+    def wait(self) -> None:
+        self.start()
+        self.thread.join()
+        if self.foreign:
+            pytest.exit(f"refusing the running lab: {self.foreign}", returncode=pytest.ExitCode.TESTS_FAILED)
+        if self.error is not None:
+            raise self.error
+
+    def finish(self) -> None:
+        try:
+            if not self.was_up:
+                lab_api.down(log=lambda *_: None)
         finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+            if self.lock_file is not None:
+                fcntl.flock(self.lock_file, fcntl.LOCK_UN)
+                self.lock_file.close()
 
 
-def _refuse_a_foreign_lab() -> None:
-    why = lab_api.foreign_lab()
-    if why:
-        pytest.exit(f"refusing the running lab: {why}", returncode=pytest.ExitCode.TESTS_FAILED)
+_EARLY_LAB = _EarlyLab()
+
+
+def pytest_collection_modifyitems(session, config, items) -> None:
+    """Tests that need no lab first (each group in its own order), and the lab started behind them."""
+    needs_lab = [item for item in items if "lab" in getattr(item, "fixturenames", ())]
+    if needs_lab and os.geteuid() == 0:
+        items[:] = [item for item in items if "lab" not in getattr(item, "fixturenames", ())] + needs_lab
+        _EARLY_LAB.start()
 
 
 @pytest.fixture(scope="session")
 def lab(request) -> dict:
-    """The lab's status dict, held by this session alone (an exclusive lock).
-    Reuses a lab that this checkout started (and leaves it up); fails the session
-    at once on a lab started from another checkout; otherwise brings one up for
-    the session and takes it down at the end."""
+    """The lab's status dict, held by this session alone (an exclusive lock), with its blocks saved and
+    every deployment registered (see _EarlyLab)."""
     if os.geteuid() != 0:
         pytest.skip("the lab needs root (network namespaces, supervisord, sshd): run the suite as root")
-    _refuse_a_foreign_lab()  # at once, rather than after queueing for it
-    with _session_lock(request):
-        _refuse_a_foreign_lab()
-        was_up = lab_api.is_up()
-        if not was_up:
-            try:
-                lab_api.up(log=lambda *_: None)
-            except Exception:
-                lab_api.down(log=lambda *_: None)
-                raise
-        try:
-            yield lab_api.status()
-        finally:
-            if not was_up:
-                lab_api.down(log=lambda *_: None)
+    try:
+        _EARLY_LAB.wait()
+        yield lab_api.status()
+    finally:
+        _EARLY_LAB.finish()
 
 
 @pytest.fixture(scope="session")
@@ -160,18 +209,11 @@ def prefect_api(runbooks) -> str:
 
 @pytest.fixture(scope="session")
 def runbooks(lab) -> dict:
-    """The lab plus its Prefect server ready to run runbooks: blocks saved,
-    every deployment registered, and automation switched off so that only the
-    test at hand acts on the fleet (the end-to-end tests switch it on)."""
+    """The lab plus its Prefect server ready to run runbooks: blocks saved, every deployment registered
+    and automation switched off (by _EarlyLab), so that only the test at hand acts on the fleet (the
+    end-to-end tests switch it on)."""
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
-    from deployments import register
-    from lab.blocks import save_lab_blocks
-    from tests import fleet
-
-    save_lab_blocks(lab_api.lab_dir())
-    register.main()
-    fleet.set_automation(False)
     # Sync flow runs wait ~1 s for their heartbeat thread; no env var turns it off.
     with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         yield lab

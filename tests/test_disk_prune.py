@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 import lab
 from flows.disk_prune import disk_prune
@@ -26,6 +27,8 @@ from tests import fleet
 
 pytestmark = pytest.mark.lab
 NODE = "eth-a"
+EXPORTER = f"http://127.0.0.1:{t.EXPORTER_PORT}/metrics"
+PROMETHEUS_ALERTS = f"http://127.0.0.1:{t.PROMETHEUS_PORT}/api/v1/alerts"
 TARGET = 0.60  # the inventory's default disk policy
 
 
@@ -107,13 +110,35 @@ def test_a_dry_run_lists_every_path_it_would_delete_with_its_size_and_deletes_no
         lab.heal(NODE)
 
 
+def exporter_disk_ratio(node: str) -> float | None:
+    """used/size of the node's datadir filesystem, as the exporter publishes it (its own SSH reads)."""
+    values = {}
+    for family in text_string_to_metric_families(httpx.get(EXPORTER, timeout=5).text):
+        for sample in family.samples:
+            if sample.labels.get("node") == node and sample.name in ("runbooks_node_fs_used_bytes",
+                                                                     "runbooks_node_fs_size_bytes"):
+                values[sample.name] = sample.value
+    return values["runbooks_node_fs_used_bytes"] / values["runbooks_node_fs_size_bytes"] if len(values) == 2 else None
+
+
+def firing_disk_alerts() -> set[str]:
+    alerts = httpx.get(PROMETHEUS_ALERTS, timeout=5).json()["data"]["alerts"]
+    return {a["labels"]["node"] for a in alerts if a["labels"]["alertname"] == "DiskFilling" and a["state"] == "firing"}
+
+
 def test_disk_filling_starts_disk_prune_which_frees_space_with_the_safe_steps_alone(healthy_fleet):
+    """The whole path: a real disk filled, the exporter's disk facts, the shipped DiskFilling rule firing for
+    every node on that filesystem and no other, Alertmanager, the bridge, disk-prune's trigger, the worker."""
+    on_h1 = {name for name, n in t.NODES.items() if n.host == "h1"}
+    fleet.wait_for(lambda: (exporter_disk_ratio(NODE) or 1) < 0.5 and not firing_disk_alerts(), 30,
+                   what="eth-a's disk facts under 50% and no DiskFilling")
     segments, marks, spawns = segment_hashes(), chain_marks(), fleet.spawns(NODE)
     since = time.time()
     with fleet.automation_on(schedules=False):
         written = lab.fault(NODE, "fill-disk", 85)["files"]
         try:
             assert used_ratio() > 0.8
+            fleet.wait_for(lambda: (exporter_disk_ratio(NODE) or 0) >= 0.84, 15, what="the exporter to see 85%")
             fleet.wait_for(lambda: used_ratio() < TARGET, 180, 1, what="disk-prune (started by DiskFilling) to free space")
             # Every node on h1's filesystem alerted: one run cleaned it, the others found it busy or done.
             runs = fleet.wait_for(lambda: (r := prune_runs(since)) and all(r.values()) and r, 60,
@@ -125,8 +150,10 @@ def test_disk_filling_starts_disk_prune_which_frees_space_with_the_safe_steps_al
                    what="every disk-prune run the alerts started to end")
     [run_id] = [r for r, outcome in runs.items() if outcome["status"] == "succeeded"]
     assert all(o["status"] == "noop" for r, o in runs.items() if r != run_id), runs
-    started = [e for e in read_entries(run_id=run_id) if e["kind"] == "started"][0]["data"]
-    assert started["trigger"]["alert"]["alertname"] == "DiskFilling"
+    started = [e["data"] for e in read_entries(kind="started") if e["run_id"] in runs]
+    assert {d["trigger"]["alert"]["alertname"] for d in started} == {"DiskFilling"}
+    assert {d["parameters"]["node"] for d in started} == on_h1  # every node on that filesystem, and no other
+    fleet.wait_for(lambda: not firing_disk_alerts(), 30, what="DiskFilling to resolve")
     removed = deletes(run_id)
     assert sorted(removed) == sorted(p for p in written if "/logs/" in p)  # the old logs, and nothing else
     assert_database_and_segments_intact(NODE, segments, marks)
