@@ -104,8 +104,9 @@ Where to look:
   Slack messages  curl -s http://{topology.STUB_HOST}:{topology.STUB_PORT}/_records
   the fleet       uv run python -m lab status
 
-The backups and the disk clean-up (each run's artifacts hold its audit record; the drill's its
-RTO/RPO report; disk-prune's every path it deleted, with its size):
+The backups, the disk clean-up and the upgrade (each run's artifacts hold its audit record; the
+drill's its RTO/RPO report; disk-prune's every path it deleted, with its size; client-upgrade's
+its change request):
 {runs}
 
 Stop everything with: make demo-down""")
