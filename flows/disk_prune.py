@@ -237,12 +237,11 @@ class DiskPrune:
         steps.append("after each step, measure what it freed and stop once under target; still over target: "
                      + ("escalate (more disk is a human's call)" if self.heavy else
                         "escalate (heavy client pruning, `heavy: true` with approval, or more disk is a human's call)"))
-        self.first_plan = plan = Plan(steps, {"host": self.host_name,
-                                                 "needed_bytes": {m: d.needed_bytes() for m, d in over.items()},
-                            "cleanups": [{"step": c.name, "node": c.node, "files": len(c.paths),
-                                          "planned_bytes": c.planned_bytes, "refused": c.skipped[:20]}
-                                         for c in self.cleanups]})
-        return plan
+        facts = {"host": self.host_name, "needed_bytes": {m: d.needed_bytes() for m, d in over.items()},
+                 "cleanups": [{"step": c.name, "node": c.node, "files": len(c.paths), "planned_bytes": c.planned_bytes,
+                               "refused": c.skipped[:20]} for c in self.cleanups]}
+        self.first_plan = Plan(steps, facts)
+        return self.first_plan
 
     def act(self, rb: Runbook, plan: Plan) -> dict:
         for cleanup in self.cleanups:
@@ -274,7 +273,7 @@ class DiskPrune:
             with rb.ssh_to_host(self.host_name) as ssh:
                 for argv in cleanup.commands:
                     result = ssh.run(argv, timeout=600, action=ActionKind.delete, audit_data={"step": cleanup.name})
-                    if result.exit_code not in (0, None) and not result.dry_run:
+                    if result.exit_code != 0 and not result.dry_run:  # None: it ran past its deadline
                         return f"{argv[0]} exited {result.exit_code}: {result.stderr.strip()[:200]}"
             return None
         if not cleanup.needs_stop:
