@@ -140,9 +140,13 @@ def test_disk_filling_starts_disk_prune_which_frees_space_with_the_safe_steps_al
             assert used_ratio() > 0.8
             fleet.wait_for(lambda: (exporter_disk_ratio(NODE) or 0) >= 0.84, 15, what="the exporter to see 85%")
             fleet.wait_for(lambda: used_ratio() < TARGET, 180, 1, what="disk-prune (started by DiskFilling) to free space")
-            # Every node on h1's filesystem alerted: one run cleaned it, the others found it busy or done.
-            runs = fleet.wait_for(lambda: (r := prune_runs(since)) and all(r.values()) and r, 60,
-                                  what="the disk-prune runs to finish")
+            # Every node on h1's filesystem alerted, each alert started a run (Alertmanager delivers them one by
+            # one): one run cleaned the disk, the others found it busy or done.
+            def settled():
+                runs = prune_runs(since)
+                nodes = {e["data"]["parameters"]["node"] for e in read_entries(kind="started") if e["run_id"] in runs}
+                return runs if nodes >= on_h1 and all(runs.values()) else None
+            runs = fleet.wait_for(settled, 90, what="a finished disk-prune run for each node on h1")
         finally:
             lab.heal(NODE)
     # No triggered run may still be queued when the next test fills a disk of its own.
