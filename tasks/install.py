@@ -66,21 +66,22 @@ def receive_argv(install_dir: str, version: str) -> tuple[list[str], str]:
     return ["sh", "-c", 'umask 022 && mkdir -p -- "$1" && cat > "$2"', "sh", install_dir, incoming], incoming
 
 
-def unpack_argv(install_dir: str, version: str, sha256: str, binary: str, incoming: str) -> list[str]:
+def unpack_argv(install_dir: str, version: str, sha256: str, binary: str, incoming: str, wrapped: bool = True) -> list[str]:
     """Check the incoming archive's sha256 on the host, unpack it beside the others, move it into place.
 
-    Fails (and leaves no half-unpacked version) when the sum differs, the archive does not unpack,
-    or it holds no executable `binary` in its one directory.
+    `wrapped`: the archive holds one directory named like it (Erigon 3, the lab's anvil), stripped; Erigon
+    2.x archives hold the binary at their root. Fails (and leaves no half-unpacked version) when the sum
+    differs, the archive does not unpack, or it holds no executable `binary`.
     """
     final = version_dir(install_dir, version)
     script = (
         'set -e; trap \'rm -rf -- "$4"; rm -f -- "$2"\' EXIT; '
         'printf "%s  %s\\n" "$3" "$2" | sha256sum -c --quiet - || { echo "sha256 of $2 is not $3" >&2; exit 3; }; '
-        'rm -rf -- "$4"; mkdir -- "$4"; tar -xzf "$2" -C "$4" --strip-components=1 --no-same-owner; '
+        'rm -rf -- "$4"; mkdir -- "$4"; tar -xzf "$2" -C "$4" --strip-components="$6" --no-same-owner; '
         '[ -x "$4/$5" ] || { echo "the archive holds no executable $5" >&2; exit 4; }; '
         'printf "%s" "$3" > "$4/.sha256"; rm -rf -- "$1"; mv -T -- "$4" "$1"'
     )
-    return ["sh", "-c", script, "sh", final, incoming, _sha(sha256), f"{final}.unpacking", binary]
+    return ["sh", "-c", script, "sh", final, incoming, _sha(sha256), f"{final}.unpacking", binary, "1" if wrapped else "0"]
 
 
 def switch_argv(install_dir: str, version: str) -> list[str]:

@@ -123,7 +123,8 @@ def install_release(rb: Runbook, ssh, node: str, source: ReleaseSource, version:
     with source.stream_archive(version) as stream:
         write_to(ssh, receive, _ChunkReader(stream), action=ActionKind.command, audit_data={"step": "install-release"})
     # The host checks the archive against the published sum before unpacking it, and removes it either way.
-    ssh.run(install.unpack_argv(n.install_dir, version, sha256, binary, incoming), check=True, timeout=600,
+    wrapped = source.assets(version).top_dir is not None
+    ssh.run(install.unpack_argv(n.install_dir, version, sha256, binary, incoming, wrapped), check=True, timeout=600,
             audit_data={"step": "install-release"})
     return True
 

@@ -28,11 +28,11 @@ def sh(argv, stdin: bytes | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(argv, input=stdin, capture_output=True, timeout=30)
 
 
-def put(tmp_path, version: str, data: bytes, sha: str | None = None) -> subprocess.CompletedProcess:
+def put(tmp_path, version: str, data: bytes, sha: str | None = None, wrapped: bool = True) -> subprocess.CompletedProcess:
     root = str(tmp_path / "opt" / "erigon")
     receive, incoming = install.receive_argv(root, version)
     assert sh(receive, data).returncode == 0
-    return sh(install.unpack_argv(root, version, sha or hashlib.sha256(data).hexdigest(), "erigon", incoming))
+    return sh(install.unpack_argv(root, version, sha or hashlib.sha256(data).hexdigest(), "erigon", incoming, wrapped))
 
 
 BINARY = b"#!/bin/sh\necho erigon 3.0.4\n"
@@ -51,6 +51,26 @@ def test_a_release_is_unpacked_beside_the_others_and_current_switches_atomically
     assert sh(install.switch_argv(root, "3.0.4")).returncode == 0
     assert os.readlink(f"{root}/current") == "3.0.4"
     assert sh([f"{root}/current/erigon"]).stdout == b"erigon 3.0.4\n"
+
+
+def flat_archive(files: dict[str, tuple[bytes, int]]) -> bytes:
+    """Erigon 2.x's layout: the binary at the archive's root, no directory."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, (data, mode) in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), mode
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def test_an_erigon_2_archive_with_the_binary_at_its_root_installs_unstripped(tmp_path):
+    root = tmp_path / "opt" / "erigon"
+    assert put(tmp_path, "2.60.10", flat_archive({"erigon": (BINARY, 0o755)}), wrapped=False).returncode == 0
+    assert (root / "2.60.10" / "erigon").is_file()
+    # Stripping it as if wrapped finds no binary and installs nothing.
+    assert put(tmp_path, "2.60.9", flat_archive({"erigon": (BINARY, 0o755)})).returncode == 4
+    assert not (root / "2.60.9").exists()
 
 
 def test_a_checksum_mismatch_is_refused_on_the_host_and_leaves_nothing_behind(tmp_path):
