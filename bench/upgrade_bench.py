@@ -23,7 +23,6 @@ import json
 import os
 import statistics
 import sys
-import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -90,10 +89,10 @@ def run_upgrade(**params):
     from tasks import prefect_api
     from tasks.audit import read_entries
 
-    box: dict = {}
-    thread = threading.Thread(target=lambda: box.update(state=client_upgrade(return_state=True, **params)), daemon=True)
+    from tests.fleet import start_in_thread
+
     began = time.time()
-    thread.start()
+    thread, box = start_in_thread(client_upgrade, **params)
     run_id = None
     while thread.is_alive():
         with prefect_api.client() as client:
@@ -120,12 +119,11 @@ def main() -> int:
     os.environ.update(services.runbook_env(topology.Paths(topology.lab_dir())))
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
-    sys.path.insert(0, str(ROOT / "tests"))
-    from tests import test_upgrade as helpers  # the fleet's reset to 1.5.1, shared with the tests
+    from tests.fleet import reset_fleet_version  # shared with the tests
 
     results: dict = {}
     with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-        helpers.reset_to_old_version()
+        reset_fleet_version(NODES)
         restarts = {n: plain_restart(n) for n in NODES}
         results["plain_restart_s"] = restarts
         print("plain `supervisorctl restart` -> healthy: " + ", ".join(f"{n} {s:.1f}s" for n, s in restarts.items()))
@@ -149,7 +147,7 @@ def main() -> int:
         results["wave_total_s"] = total
         print(f"three-node wave, end to end (after approval): {total:.1f}s")
 
-        helpers.reset_to_old_version()
+        reset_fleet_version(NODES)
         broken = next(v for v, k in topology.BROKEN_RELEASES.items() if k == "exits-at-start")
         state, run_id = run_upgrade(version=broken, nodes=["eth-a"], soak_minutes=0)
         t = stage_times(run_id)["eth-a"]
@@ -161,7 +159,7 @@ def main() -> int:
               f"out of rotation {t['rolled-back'] - t['drained']:.1f}s")
 
         results["prune"] = prune_bench()
-        helpers.reset_to_old_version()
+        reset_fleet_version(NODES)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=1))

@@ -83,7 +83,8 @@ class Cleanup:
         size = f"{self.planned_bytes / 1024**2:.1f} MiB" if self.expected_bytes is not None or self.paths else "unknown size"
         stop = ", node stopped (drained first)" if self.needs_stop else ""
         if self.heavy:
-            return (f"{self.name} on {where}: {self.description}; about {self.planned_bytes / 1024**2:.1f} MiB; "
+            frees = f"about {self.planned_bytes / 1024**2:.1f} MiB" if self.expected_bytes is not None else "frees an unknown size"
+            return (f"{self.name} on {where}: {self.description}; {frees}; "
                     "a verified backup of the datadir first, node drained and stopped until it has resynced")
         return f"{self.name} on {where}: {self.description}; {len(self.paths)} files, {size}{stop}"
 

@@ -230,6 +230,7 @@ class ArchiveStream:
     def __init__(self, url: str, chunks: Iterator[bytes], max_bytes: int, timeout_s: float) -> None:
         self.url, self._chunks, self.max_bytes, self._timeout_s = url, chunks, max_bytes, timeout_s
         self._hash, self.size, self.complete = hashlib.sha256(), 0, False
+        self._reader: Iterator[bytes] | None = None
 
     def __iter__(self) -> Iterator[bytes]:
         try:
@@ -242,6 +243,19 @@ class ArchiveStream:
         except httpx.HTTPError as exc:
             raise _source_error(self.url, exc, self._timeout_s) from None
         self.complete = True
+
+    def read(self, n: int = -1) -> bytes:
+        """Up to `n` bytes (all that is left for n < 0), as a file is read: what the SSH stream reads
+        when the archive goes to a host. The same cap and hash as iterating."""
+        if self._reader is None:
+            self._reader, self._buffer = iter(self), b""
+        while n < 0 or len(self._buffer) < n:
+            chunk = next(self._reader, None)
+            if chunk is None:
+                break
+            self._buffer += chunk
+        out, self._buffer = (self._buffer, b"") if n < 0 else (self._buffer[:n], self._buffer[n:])
+        return out
 
     @property
     def sha256(self) -> str:

@@ -21,6 +21,7 @@ from tasks.backups.manifest import list_manifests
 from tasks.backups.datadir import remove_dir
 from tasks.backups.restoring import now, sibling, stage_restore, swap_in
 from tasks.backups.store import open_store
+from tasks.errors import InvalidInput
 from tasks.escalation import Kind
 from tasks.releases import ReleaseSource, normalize_version
 from tasks.runbook import Failed, Runbook
@@ -91,24 +92,9 @@ def current_version(rb: Runbook, node: str) -> str | None:
 def release_source(rb: Runbook, client: str) -> ReleaseSource:
     spec = rb.inventory.releases.get(client)
     if spec is None:
-        raise Failed(Kind.WARNING, client, f"the inventory names no release source for {client} (`releases.{client}`)")
+        raise InvalidInput(f"the inventory names no release source for {client}: add `releases.{client}: "
+                           "{base_url: ..., index_url: ...}`")
     return ReleaseSource(client, spec.base_url, spec.index_url)
-
-
-class _ChunkReader:
-    """An iterator of chunks as the file-like `write_to` reads."""
-
-    def __init__(self, chunks) -> None:
-        self._chunks, self._buffer = iter(chunks), b""
-
-    def read(self, n: int = -1) -> bytes:
-        while len(self._buffer) < n or n < 0:
-            chunk = next(self._chunks, None)
-            if chunk is None:
-                break
-            self._buffer += chunk
-        out, self._buffer = (self._buffer, b"") if n < 0 else (self._buffer[:n], self._buffer[n:])
-        return out
 
 
 @step("install-release")
@@ -121,7 +107,7 @@ def install_release(rb: Runbook, ssh, node: str, source: ReleaseSource, version:
             return False
     receive, incoming = install.receive_argv(n.install_dir, version)
     with source.stream_archive(version) as stream:
-        write_to(ssh, receive, _ChunkReader(stream), action=ActionKind.command, audit_data={"step": "install-release"})
+        write_to(ssh, receive, stream, action=ActionKind.command, audit_data={"step": "install-release"})
     # The host checks the archive against the published sum before unpacking it, and removes it either way.
     wrapped = source.assets(version).top_dir is not None
     ssh.run(install.unpack_argv(n.install_dir, version, sha256, binary, incoming, wrapped), check=True, timeout=600,

@@ -58,7 +58,9 @@ def skips_allowed() -> bool:
     return os.environ.get(ALLOW_SKIPS_ENV) == "1"
 
 
+@pytest.hookimpl(trylast=True)  # after the session fixtures' own teardown
 def pytest_sessionfinish(session, exitstatus) -> None:
+    _EARLY_LAB.finish()  # a lab started for tests that never asked for it (stopped early, -x) is not left up
     if _skipped and not skips_allowed() and session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
@@ -127,6 +129,7 @@ class _EarlyLab:
         self.foreign: str | None = None
         self.was_up = True
         self.lock_file = None
+        self.finished = False
 
     def start(self) -> None:
         if self.thread is None:
@@ -168,6 +171,11 @@ class _EarlyLab:
             raise self.error
 
     def finish(self) -> None:
+        """Take down a lab this session brought up and release the lock; once, whoever calls first."""
+        if self.thread is None or self.finished:
+            return
+        self.finished = True
+        self.thread.join()
         try:
             if not self.was_up:
                 lab_api.down(log=lambda *_: None)
@@ -180,6 +188,7 @@ class _EarlyLab:
 _EARLY_LAB = _EarlyLab()
 
 
+@pytest.hookimpl(trylast=True)  # after -k/-m have deselected: start the lab only for tests that will run
 def pytest_collection_modifyitems(session, config, items) -> None:
     """Tests that need no lab first (each group in its own order), and the lab started behind them."""
     needs_lab = [item for item in items if "lab" in getattr(item, "fixturenames", ())]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -228,3 +229,38 @@ class alerts_silenced:
 
     def __exit__(self, *exc):
         httpx.delete(f"{self.URL.removesuffix('s')}/{self.silence_id}", timeout=5).raise_for_status()
+
+
+def start_in_thread(flow, **params) -> tuple[threading.Thread, dict]:
+    """Run a flow in a thread (it may pause for an approval the test gives); the box gets its final `state`
+    (return_state) or the `error` it raised."""
+    box: dict = {}
+
+    def target():
+        try:
+            box["state"] = flow(return_state=True, **params)
+        except BaseException as exc:  # noqa: BLE001 - surfaced by the test
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, box
+
+
+def reset_fleet_version(nodes: list[str]) -> None:
+    """Put nodes a previous run left on another anvil version back on the fleet's (test and bench set-up
+    only): a downgrade cannot read the newer state file, so each starts afresh and re-syncs."""
+    from lab import supervisor
+
+    for name in nodes:
+        install_dir = Path(load_inventory().node(name).install_dir)
+        if os.readlink(install_dir / "current") == topology.FLEET_ANVIL_VERSION:
+            continue
+        info = node(name)
+        rpc = supervisor.client(Path(info["supervisor_socket"]), timeout=60)
+        rpc.supervisor.stopProcess(info["program"], True)
+        (install_dir / "current").unlink()
+        (install_dir / "current").symlink_to(topology.FLEET_ANVIL_VERSION)
+        Path(info["state_file"]).unlink(missing_ok=True)
+        rpc.supervisor.startProcess(info["program"], True)
+    restore_fleet()

@@ -206,8 +206,6 @@ def test_heavy_pruning_waits_for_approval_backs_up_first_and_resyncs_one_node_at
     """A host policy no safe step can meet (target 1%): with heavy=true the clients' own pruning is planned
     (the lab's anvil: its state resynced from the chain, as Erigon's chaindata from its segments), waits for
     approval, and per node takes a verified backup before it removes anything."""
-    import threading
-
     import yaml
     from prefect.flow_runs import resume_flow_run
 
@@ -223,10 +221,7 @@ def test_heavy_pruning_waits_for_approval_backs_up_first_and_resyncs_one_node_at
     on_h1 = sorted(n for n, node in t.NODES.items() if node.host == "h1")
     segments = {n: segment_hashes(n) for n in on_h1}
     since = time.time()
-    box: dict = {}
-    thread = threading.Thread(target=lambda: box.update(state=disk_prune(host="h1", heavy=True, return_state=True)),
-                              daemon=True)
-    thread.start()
+    thread, _ = fleet.start_in_thread(disk_prune, host="h1", heavy=True)
     run_id = fleet.wait_for(lambda: (r := list(prune_runs(since, host="h1", heavy=True))) and r[-1], 30,
                             what="the heavy disk-prune run")
     plan = fleet.wait_for(lambda: [e["data"] for e in read_entries(run_id=run_id, kind="plan")], 60,

@@ -30,17 +30,7 @@ def _toy_runs(state_type: str | None = None) -> list:
 
 
 def _start_in_thread(**params) -> tuple[threading.Thread, dict]:
-    box: dict = {}
-
-    def target():
-        try:
-            box["state"] = toy_restart(return_state=True, **params)
-        except BaseException as exc:  # noqa: BLE001 - surfaced by the test
-            box["error"] = exc
-
-    t = threading.Thread(target=target, daemon=True)
-    t.start()
-    return t, box
+    return fleet.start_in_thread(toy_restart, **params)
 
 
 def _wait_paused(known: set[str], timeout: float = 60):

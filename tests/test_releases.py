@@ -287,6 +287,17 @@ def test_a_missing_release_or_a_garbled_checksums_file_is_refused_with_the_url(s
         source_at(base).expected_sha256("3.0.4")
 
 
+def test_the_stream_reads_as_a_file_does_with_the_same_bytes_and_hash(server):
+    base, _ = server
+    with source_at(base).stream_archive("3.0.4", chunk_size=10_000) as stream:
+        pieces = [stream.read(4096)]
+        while piece := stream.read(65536):
+            assert len(piece) <= 65536
+            pieces.append(piece)
+    assert b"".join(pieces) == ARCHIVE and len(pieces[0]) == 4096
+    assert stream.sha256 == sha(ARCHIVE) and stream.complete
+
+
 def test_streaming_hashes_every_byte_in_bounded_chunks(server):
     base, _ = server
     source = source_at(base)

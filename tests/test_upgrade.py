@@ -45,26 +45,9 @@ def snapshot_of_fleet() -> dict:
     return {n: (fleet.pid(n), linked(n), fleet.server(n).admin_state, sorted(os.listdir(install_dir(n)))) for n in NODES}
 
 
-def reset_to_old_version() -> None:
-    """Put a node a previous session left on another version back on the fleet's (test set-up only):
-    a downgrade cannot read the newer state file, so the node starts afresh and re-syncs."""
-    for node in NODES:
-        if linked(node) == OLD:
-            continue
-        info = fleet.node(node)
-        from lab import supervisor
-        rpc = supervisor.client(Path(info["supervisor_socket"]), timeout=60)
-        rpc.supervisor.stopProcess(info["program"], True)
-        (install_dir(node) / "current").unlink()
-        (install_dir(node) / "current").symlink_to(OLD)
-        Path(info["state_file"]).unlink(missing_ok=True)
-        rpc.supervisor.startProcess(info["program"], True)
-    fleet.restore_fleet()
-
-
 @pytest.fixture
 def fleet_on_old(healthy_fleet):
-    reset_to_old_version()
+    fleet.reset_fleet_version(NODES)
     assert all(linked(n) == OLD and reported(n) == OLD for n in NODES)
     yield
 
@@ -82,16 +65,7 @@ def runs(flow: str, known: set[str], state: str | None = None) -> list:
 
 def start_upgrade(**params) -> tuple[threading.Thread, dict, set[str]]:
     known = {str(r.id) for r in runs("client-upgrade", set())}
-    box: dict = {}
-
-    def target():
-        try:
-            box["state"] = client_upgrade(return_state=True, **params)
-        except BaseException as exc:  # noqa: BLE001 - surfaced by the test
-            box["error"] = exc
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
+    thread, box = fleet.start_in_thread(client_upgrade, **params)
     return thread, box, known
 
 
