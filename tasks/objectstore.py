@@ -3,8 +3,11 @@
 Backups stream from a host (tar | zstd over SSH, then encryption) straight
 into a multipart upload, so the uploader takes any readable stream of
 unknown size and never stages it on disk. Memory is bounded by the part
-size: one part is read while the previous one is sent, so at most two parts
-(and the one being filled) are held, whatever the size of the stream.
+size: one part is read while up to IN_FLIGHT earlier ones are sent, whatever
+the size of the stream. Parts start small (FIRST_PART) so reading from the
+host and sending to the store overlap even for a single 64 MiB segment file,
+and double every PARTS_PER_STEP parts up to the block's part size, so a
+stream of hundreds of GB still fits in S3's 10,000 parts.
 
 Every part goes with its sha256 (`x-amz-checksum-sha256`) and the store
 refuses a part whose bytes do not match (BadDigest), so corruption on the way
@@ -46,6 +49,9 @@ if TYPE_CHECKING:  # pragma: no cover
 MiB = 1024 * 1024
 MIN_PART_SIZE = 5 * MiB  # S3's floor for every part but the last
 MAX_PARTS = 10_000  # S3's ceiling: the part size decides the largest object
+FIRST_PART = 8 * MiB  # overlap starts after 8 MiB read, not after a whole 64 MiB part
+PARTS_PER_STEP = 1000  # then 16, 32, 64 MiB ... up to the block's part size
+IN_FLIGHT = 2  # parts sent at once while the next is read: the store's and SSH's work overlap
 COPY_CHUNK = 1 * MiB  # download reads; small enough not to matter, large enough to be fast
 
 # Keys are written by us, read by operators' shell tools and compared in
@@ -165,8 +171,9 @@ def upload(store: ObjectStore, key: str, stream: IO[bytes], *, part_size: int | 
            metadata: dict[str, str] | None = None) -> StoredObject:
     """Store everything `stream` yields at `key`; return its size and sha256 as streamed.
 
-    `part_size` (default: the block's) must suit the largest stream this key
-    may get: 10,000 parts at most. A stream shorter than one part is one PUT.
+    `part_size` (default: the block's) is the largest part (`part_size_for`);
+    it must suit the largest stream this key may get. A stream shorter than
+    the first part is one PUT.
     """
     part_size = part_size or store.part_size_mib * MiB
     if part_size < MIN_PART_SIZE:
@@ -174,26 +181,39 @@ def upload(store: ObjectStore, key: str, stream: IO[bytes], *, part_size: int | 
     full = _full_key(store, key)
     client = _client(store)
     whole = hashlib.sha256()
-    first = _read_part(stream, part_size)
+    first = _read_part(stream, part_size_for(1, part_size))
     whole.update(first)
-    if len(first) < part_size:  # the whole stream fits in one request
+    if len(first) < part_size_for(1, part_size):  # the whole stream fits in one request
         return _put(store, client, key, first, metadata or {}, if_absent=False)
     return _multipart(store, client, full, key, stream, first, whole, part_size, metadata or {})
 
 
-def put_bytes(store: ObjectStore, key: str, data: bytes, *, if_absent: bool = False) -> StoredObject:
+def part_size_for(number: int, largest: int) -> int:
+    """The size of part `number` (from 1): FIRST_PART, doubling every PARTS_PER_STEP parts, at most `largest`.
+
+    With 64 MiB parts at most, 10,000 parts hold 504 GiB."""
+    return min(largest, FIRST_PART << min((number - 1) // PARTS_PER_STEP, 16))
+
+
+def put_bytes(store: ObjectStore, key: str, data: bytes, *, if_absent: bool = False,
+              content_type: str | None = None) -> StoredObject:
     """Store a small object (a manifest, a record) in one request.
 
     `if_absent` makes the write conditional (If-None-Match: *): an existing
     object is never replaced and ObjectExists is raised instead.
+    `content_type` is what the store answers downloads with (a browser shows
+    an image/png report chart instead of saving it); S3's default is
+    binary/octet-stream.
     """
-    return _put(store, _client(store), key, data, {}, if_absent=if_absent)
+    return _put(store, _client(store), key, data, {}, if_absent=if_absent, content_type=content_type)
 
 
 def _put(store: ObjectStore, client: Any, key: str, data: bytes | bytearray, metadata: dict[str, str],
-         *, if_absent: bool) -> StoredObject:
+         *, if_absent: bool, content_type: str | None = None) -> StoredObject:
     full = _full_key(store, key)
-    extra = {"IfNoneMatch": "*"} if if_absent else {}
+    extra: dict[str, str] = {"IfNoneMatch": "*"} if if_absent else {}
+    if content_type:
+        extra["ContentType"] = content_type
     try:
         response = client.put_object(Bucket=store.bucket, Key=full, Body=data, ChecksumSHA256=_sha256_b64(data),
                                      Metadata=metadata, **extra)
@@ -225,31 +245,30 @@ def _multipart(store: ObjectStore, client: Any, full: str, key: str, stream: IO[
         return {"PartNumber": number, "ETag": r["ETag"], "ChecksumSHA256": checksum}
 
     parts: list[dict[str, Any]] = []
-    pending: Future | None = None
+    pending: list[Future] = []
     size = len(first)
     try:
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="s3-part") as sender:
+        with ThreadPoolExecutor(max_workers=IN_FLIGHT, thread_name_prefix="s3-part") as sender:
             try:
                 data, number = first, 1
                 while data:
                     if number > MAX_PARTS:
                         raise ObjectStoreError(
-                            f"{full}: the stream is larger than {MAX_PARTS} parts of {part_size // MiB} MiB; "
+                            f"{full}: the stream is larger than {MAX_PARTS} parts of at most {part_size // MiB} MiB; "
                             "raise the part size (object-store block part_size_mib) for this backup")
-                    if pending is not None:
-                        parts.append(pending.result())  # at most one part in flight
-                    pending = sender.submit(send, number, data)
-                    data = _read_part(stream, part_size)
+                    if len(pending) == IN_FLIGHT:
+                        parts.append(pending.pop(0).result())  # in order: complete wants them sorted
+                    pending.append(sender.submit(send, number, data))
+                    number += 1
+                    data = _read_part(stream, part_size_for(number, part_size))
                     whole.update(data)
                     size += len(data)
-                    number += 1
-                parts.append(pending.result())
-                pending = None
+                while pending:
+                    parts.append(pending.pop(0).result())
             finally:
-                # On an error or Ctrl-C let the part in flight finish first: a part that
+                # On an error or Ctrl-C let the parts in flight finish first: a part that
                 # lands after the abort would leave the upload open again.
-                if pending is not None and not pending.cancel():
-                    wait([pending])
+                wait([f for f in pending if not f.cancel()])
         response = client.complete_multipart_upload(Bucket=store.bucket, Key=full, UploadId=upload_id,
                                                     MultipartUpload={"Parts": parts})
     except BaseException as exc:

@@ -25,6 +25,7 @@ import io
 import select
 import shlex
 import socket
+import threading
 import time
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -146,6 +147,9 @@ def prepare_command(argv: list[str], action: ActionKind | str, audit_data: dict 
     return argv, shlex.join(argv), audit_data
 
 
+SERVER_REKEYS = 2**62  # never reached: sshd asks for new keys first
+
+
 class SshRunner:
     """One SSH connection to one host, for running argv commands.
 
@@ -198,6 +202,8 @@ class SshRunner:
         self._pkey = load_private_key(private_key)
         self._known_hosts = known_hosts
         self._client: paramiko.SSHClient | None = None
+        # Streams may run on threads (a datadir's files two at a time): one connection is opened, not two.
+        self._connect_lock = threading.Lock()
 
     # -- connection -----------------------------------------------------------
 
@@ -216,7 +222,11 @@ class SshRunner:
         self.close()
 
     def connect(self) -> None:
-        """Open the connection (idempotent). Raises HostKeyUnknown/HostKeyChanged/SshError."""
+        """Open the connection (idempotent, thread-safe). Raises HostKeyUnknown/HostKeyChanged/SshError."""
+        with self._connect_lock:
+            self._connect()
+
+    def _connect(self) -> None:
         if self._client is not None and self._client.get_transport() is not None and self._client.get_transport().is_active():
             return
         self.close()
@@ -266,6 +276,11 @@ class SshRunner:
             client.close()
             sock.close()
             raise SshError(f"{self.label}: SSH connection failed: {exc}", self.label) from exc
+        # Leave rekeying to sshd (OpenSSH rekeys every 1-4 GB, by cipher). paramiko's own rekey after
+        # 512 MiB deadlocks when the server closes a channel meanwhile (paramiko #822, open): a
+        # datadir backup over 512 MiB then failed with "Key-exchange timed out" (bench/snapshot_bench.py).
+        packetizer = client.get_transport().packetizer
+        packetizer.REKEY_BYTES = packetizer.REKEY_PACKETS = SERVER_REKEYS
         self._client = client
 
     def close(self) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import queue
+import threading
 from typing import IO
 
 
@@ -28,3 +30,59 @@ class HashingReader(io.RawIOBase):
         self.size += len(data)
         b[:len(data)] = data
         return len(data)
+
+
+class ReadAhead(io.RawIOBase):
+    """Reads `source` on a thread, up to `depth` chunks ahead of the reader: e.g. a download that
+    keeps arriving while the previous megabytes are decrypted and sent to a host.
+
+    Whatever the source raises is raised to the reader. Closing (or leaving the `with`) stops the
+    thread after its current read; the source's own timeouts bound that read.
+    """
+
+    def __init__(self, source: IO[bytes], chunk: int = 1024 * 1024, depth: int = 8) -> None:
+        super().__init__()
+        self._source, self._chunk = source, chunk
+        self._queue: queue.Queue[bytes | BaseException] = queue.Queue(depth)
+        self._stop = threading.Event()
+        self._buf, self._pos, self._eof = b"", 0, False
+        self._thread = threading.Thread(target=self._fill, name="read-ahead", daemon=True)
+        self._thread.start()
+
+    def _put(self, item: bytes | BaseException) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _fill(self) -> None:
+        try:
+            while self._put(data := self._source.read(self._chunk)) and data:
+                pass
+        except BaseException as exc:  # handed to the reader, which raises it
+            self._put(exc)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        while self._pos >= len(self._buf):
+            if self._eof:
+                return 0
+            item = self._queue.get()
+            if isinstance(item, BaseException):
+                self._eof = True
+                raise item
+            self._buf, self._pos, self._eof = item, 0, not item
+        n = min(len(b), len(self._buf) - self._pos)
+        b[:n] = memoryview(self._buf)[self._pos:self._pos + n]
+        self._pos += n
+        return n
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        super().close()

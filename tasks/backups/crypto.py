@@ -130,7 +130,7 @@ class _ChunkReader(io.RawIOBase):
                 return 0
             self._out, self._pos = self._next_chunk(), 0
         n = min(len(b), len(self._out) - self._pos)
-        b[:n] = self._out[self._pos : self._pos + n]
+        b[:n] = memoryview(self._out)[self._pos : self._pos + n]  # no intermediate copy of the slice
         self._pos += n
         return n
 

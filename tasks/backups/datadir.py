@@ -47,12 +47,16 @@ not kept; the clients recreate them.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import io
 import posixpath
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, TypeVar
 
 from tasks import objectstore
 from tasks.backups.crypto import DecryptingReader, EncryptingReader, EncryptionKey
@@ -60,7 +64,7 @@ from tasks.backups.layout import RESTORE_SUFFIX, Layout
 from tasks.backups.manifest import Archive, BackupFile, Manifest, StoredRef, segment_key
 from tasks.errors import BackupIntegrityError, CommandFailed, InvalidInput
 from tasks.ssh_stream import IDLE_TIMEOUT, read_from, write_to
-from tasks.streams import HashingReader
+from tasks.streams import HashingReader, ReadAhead
 from tasks.vocabulary import ActionKind
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -73,8 +77,13 @@ ARCHIVE = "data.tar.zst"
 ZSTD, UNZSTD = "zstd -1 -T2 -q", "zstd -d -q"
 HASH_RATE = 50 * 1024 * 1024  # bytes/s sha256sum surely manages (0.29 GB/s measured): one big file's silence
 PROGRESS_EVERY = 1.0
+# Segment files move two at a time, each on its own SSH channel and upload: while one waits on the
+# store the other reads from the host (bench/snapshot_bench.py: 0.8x -> see README). Memory per file is
+# the uploader's few parts.
+FILES_AT_ONCE = 2
 _KIND_NAMES = {"l": "symlink", "s": "socket", "p": "fifo", "b": "block device", "c": "character device"}
 ProgressFn = Callable[[int, int], None]
+T = TypeVar("T")
 
 
 # ------------------------------------------------------------------ the host's side
@@ -114,20 +123,40 @@ def _hash(ssh: SshRunner, root: str, paths: list[str], largest: int) -> dict[str
 
 
 class _Meter:
-    """Bytes done of the total, told to `progress` at most once a second."""
+    """Bytes done of the total, told to `progress` at most once a second (from any thread)."""
 
     def __init__(self, total: int, progress: ProgressFn | None) -> None:
         self.done, self.total, self._progress, self._last = 0, total, progress, 0.0
+        self._lock = threading.Lock()
 
     def add(self, n: int) -> None:
-        self.done += n
-        now = time.monotonic()
-        if self._progress is not None and now - self._last >= PROGRESS_EVERY:
+        with self._lock:
+            self.done += n
+            now = time.monotonic()
+            if self._progress is None or now - self._last < PROGRESS_EVERY:
+                return
             self._last = now
-            self._progress(self.done, self.total)
+        self._progress(self.done, self.total)
 
     def reader(self, source: IO[bytes]) -> IO[bytes]:
         return _Counted(source, self.add)
+
+
+def _each_at_once(jobs: list[tuple[Callable[[], T], int]]) -> list[T]:
+    """Run (job, its size in bytes) pairs FILES_AT_ONCE at a time, the largest first; results in the jobs' order.
+
+    Largest first keeps both streams busy to the end instead of leaving one
+    big file alone at the tail. The first failure cancels what has not
+    started and is raised once the running ones have ended (each aborts or
+    completes its own upload)."""
+    with ThreadPoolExecutor(max_workers=FILES_AT_ONCE, thread_name_prefix="datadir-file") as pool:
+        futures = {i: pool.submit(jobs[i][0]) for i in sorted(range(len(jobs)), key=lambda i: -jobs[i][1])}
+        try:
+            return [futures[i].result() for i in range(len(jobs))]
+        except BaseException:
+            for f in futures.values():
+                f.cancel()
+            raise
 
 
 class _Counted(io.RawIOBase):
@@ -205,9 +234,10 @@ def backup_datadir(ssh: SshRunner, store: ObjectStore, key: EncryptionKey, datad
     to_hash = mutable + [(p, s) for p, s in immutable if (p, s) in candidates]
     sums = _hash(ssh, datadir, [p for p, _ in to_hash], max((s for _, s in to_hash), default=0))
     meter = _Meter(sum(s for _, s in listed), progress)
-    result = DatadirBackup()
 
-    if mutable:
+    def archive() -> DatadirBackup:
+        """The mutable files as one tar+zstd stream, in one object."""
+        done = DatadirBackup()
         archive_key = objectstore.check_key(f"{prefix}/{ARCHIVE}")
         names = b"".join(p.encode() + b"\0" for p, _ in mutable)
         argv = ["tar", "-I", ZSTD, "-C", datadir, "--null", "--no-recursion", "--verbatim-files-from", "-T", "-",
@@ -216,35 +246,54 @@ def backup_datadir(ssh: SshRunner, store: ObjectStore, key: EncryptionKey, datad
             enc = EncryptingReader(meter.reader(stream), key)
             stored = _upload(ssh, store, archive_key, enc)
         if stored is not None:
-            result.archives.append(Archive(name=ARCHIVE, format="tar+zstd", object=_ref(stored, enc, key),
-                                           paths=sorted({p.split("/")[0] for p, _ in mutable})))
-            result.files += [BackupFile(path=p, size=s, sha256=sums[p], archive=ARCHIVE) for p, s in mutable]
-            result.uploaded_bytes += stored.size
+            done.archives.append(Archive(name=ARCHIVE, format="tar+zstd", object=_ref(stored, enc, key),
+                                         paths=sorted({p.split("/")[0] for p, _ in mutable})))
+            done.files += [BackupFile(path=p, size=s, sha256=sums[p], archive=ARCHIVE) for p, s in mutable]
+            done.uploaded_bytes += stored.size
+        return done
 
-    for path, size in immutable:
+    new_objects: list[str] = []  # segment objects this backup stored: unique to it (segment_key)
+
+    def segment(path: str, size: int) -> DatadirBackup:
+        """One immutable file: a reference to an earlier backup's object, or its own new object."""
         ref = reusable.get((path, size, sums.get(path, "")))
         found = objectstore.head(store, ref.key) if ref is not None else None
         if ref is not None and found is not None and found.size == ref.size:
-            result.files.append(BackupFile(path=path, size=size, sha256=sums[path], object=ref, reused=True))
-            result.reused_bytes += ref.size
             meter.add(size)
-            continue
+            return DatadirBackup(files=[BackupFile(path=path, size=size, sha256=sums[path], object=ref, reused=True)],
+                                 reused_bytes=ref.size)
         object_key = segment_key(key.key_id, owner)
         with read_from(ssh, ["cat", "--", posixpath.join(datadir, path)]) as stream:
             enc = EncryptingReader(meter.reader(stream), key)
             stored = _upload(ssh, store, object_key, enc)
         if stored is None:
-            continue
+            return DatadirBackup()
+        new_objects.append(object_key)
         if enc.plaintext_size != size or sums.get(path, enc.plaintext_sha256) != enc.plaintext_sha256:
-            if _store_allows(ssh, store, f"delete {object_key}", ActionKind.delete):
-                objectstore.delete(store, object_key)  # unique to this upload: nothing else names it
             raise BackupIntegrityError(
                 f"{ssh.label}: {datadir}/{path} changed during the backup (listed {size} bytes"
                 + (f" sha256 {sums[path]}" if path in sums else "")
                 + f", read {enc.plaintext_size} bytes sha256 {enc.plaintext_sha256}): stop the node and back up again")
-        result.files.append(BackupFile(path=path, size=size, sha256=enc.plaintext_sha256,
-                                       object=_ref(stored, enc, key)))
-        result.uploaded_bytes += stored.size
+        return DatadirBackup(files=[BackupFile(path=path, size=size, sha256=enc.plaintext_sha256,
+                                               object=_ref(stored, enc, key))], uploaded_bytes=stored.size)
+
+    jobs = ([(archive, sum(s for _, s in mutable))] if mutable else []) \
+        + [(functools.partial(segment, p, s), s) for p, s in immutable]
+    try:
+        outcomes = _each_at_once(jobs)
+    except BaseException:
+        # A failed backup leaves nothing behind: no manifest will ever name these objects.
+        for object_key in new_objects:
+            if _store_allows(ssh, store, f"delete {object_key}", ActionKind.delete):
+                with contextlib.suppress(Exception):  # the backup's own error matters more; prune-backups sweeps orphans
+                    objectstore.delete(store, object_key)
+        raise
+    result = DatadirBackup()
+    for done in outcomes:
+        result.archives += done.archives
+        result.files += done.files
+        result.uploaded_bytes += done.uploaded_bytes
+        result.reused_bytes += done.reused_bytes
     if progress is not None:
         progress(meter.total, meter.total)
     return result
@@ -280,18 +329,23 @@ def restore_datadir(ssh: SshRunner, store: ObjectStore, key: EncryptionKey, mani
     if not made.ok:
         raise CommandFailed(made)
     meter = _Meter(sum(f.size for f in manifest.files), progress)
-    read = 0
     for archive in manifest.archives:
         if archive.format != "tar+zstd":
             raise InvalidInput(f"archive {archive.name} is {archive.format!r}, not a datadir's tar+zstd")
-        read += _restore_object(ssh, store, key, archive.object, ["tar", "-I", UNZSTD, "-xf", "-", "-C", target],
-                                meter, made.dry_run)
-    for f in manifest.files:
-        if f.object is not None:
-            final = posixpath.join(target, f.path)
-            read += _restore_object(ssh, store, key, f.object, ["sh", "-c", _PLACE_FILE, "sh", posixpath.dirname(final),
-                                                               final + RESTORE_SUFFIX, final], meter, made.dry_run,
-                                    expect=f)
+
+    def unpack(archive: Archive) -> int:
+        return _restore_object(ssh, store, key, archive.object, ["tar", "-I", UNZSTD, "-xf", "-", "-C", target],
+                               meter, made.dry_run)
+
+    def place(f: BackupFile) -> int:
+        final = posixpath.join(target, f.path)
+        return _restore_object(ssh, store, key, f.object, ["sh", "-c", _PLACE_FILE, "sh", posixpath.dirname(final),
+                                                           final + RESTORE_SUFFIX, final], meter, made.dry_run,
+                               expect=f)
+
+    # The archive's files and the segment files are disjoint, so they may land in any order.
+    read = sum(_each_at_once([(functools.partial(unpack, a), a.object.plaintext_size or 0) for a in manifest.archives]
+                             + [(functools.partial(place, f), f.size) for f in manifest.files if f.object is not None]))
     if made.dry_run:
         return RestoreResult(0, 0)
     if problems := _compare(ssh, target, manifest.files):
@@ -317,8 +371,10 @@ def _restore_object(ssh: SshRunner, store: ObjectStore, key: EncryptionKey, ref:
         return 0
     with objectstore.open_object(store, ref.key) as body:
         hashed = HashingReader(body)
-        plain = DecryptingReader(io.BufferedReader(hashed, 1 << 20), key)
-        write_to(ssh, argv, meter.reader(plain if expect is None else _Expected(plain, expect, ref.key)))
+        # The download (and its hashing) runs ahead on a thread while chunks are decrypted and sent.
+        with ReadAhead(hashed) as ahead:
+            plain = DecryptingReader(io.BufferedReader(ahead, 1 << 20), key)
+            write_to(ssh, argv, meter.reader(plain if expect is None else _Expected(plain, expect, ref.key)))
     if (hashed.size, hashed.sha256.hexdigest()) != (ref.size, ref.sha256):
         raise BackupIntegrityError(f"{ref.key}: read back {hashed.size} bytes with sha256 {hashed.sha256.hexdigest()}, "
                                    f"the manifest records {ref.size} bytes with sha256 {ref.sha256}")

@@ -30,14 +30,15 @@ class TooLarge(Exception):
     """The answer was longer than MAX_BODY_BYTES."""
 
 
-async def request(http: httpx.AsyncClient, method: str, url: str, **kwargs: Any) -> tuple[int, bytes]:
-    """One request, body capped at MAX_BODY_BYTES."""
+async def request(http: httpx.AsyncClient, method: str, url: str, *, max_bytes: int = MAX_BODY_BYTES,
+                  **kwargs: Any) -> tuple[int, bytes]:
+    """One request, body capped at `max_bytes` (a head probe's MAX_BODY_BYTES unless the caller expects more)."""
     async with http.stream(method, url, **kwargs) as response:
         chunks, size = [], 0
         async for chunk in response.aiter_bytes():
             size += len(chunk)
-            if size > MAX_BODY_BYTES:
-                raise TooLarge(f"response larger than {MAX_BODY_BYTES} bytes")
+            if size > max_bytes:
+                raise TooLarge(f"response larger than {max_bytes} bytes")
             chunks.append(chunk)
         return response.status_code, b"".join(chunks)
 
