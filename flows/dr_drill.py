@@ -19,7 +19,6 @@ previous ones, so a drill that gets slower shows.
 
 from __future__ import annotations
 
-import io
 import json
 import time
 from dataclasses import dataclass
@@ -33,10 +32,11 @@ from inventory import Host, load_inventory
 from tasks import objectstore, runbook, trigger
 from tasks.approval import Plan
 from tasks.backups.datadir import remove_dir
-from tasks.backups.manifest import list_manifests, stamp
+from tasks.backups.drills import RTO_TARGET_S, drill_key, read_drills
+from tasks.backups.manifest import list_manifests
 from tasks.backups.restoring import check_backup, choose_backup, is_verified, now, same_chain, sibling, stage_restore, swap_in
 from tasks.backups.store import open_store
-from tasks.errors import InvalidInput, RunbookError
+from tasks.errors import InvalidInput
 from tasks.escalation import Kind
 from tasks.guards import Resource
 from tasks.probes.assessment import reference_head, sweep
@@ -44,24 +44,11 @@ from tasks.runbook import Done, Failed, Runbook
 from tasks.steps import as_dict, start_service, step, stop_service, wait_until_synced
 from tasks.vocabulary import AUTOMATION_ONLY, ActionKind, Outcome
 
-RTO_TARGET_S = 30 * 60
 HISTORY = 10  # drills shown in the report
 
 
-def drill_key(chain: str, at) -> str:
-    return objectstore.check_key(f"drills/{chain}/{stamp(at)}.json")
-
-
 def drill_history(store, chain: str) -> list[dict]:
-    out = []
-    for o in objectstore.list_objects(store, f"drills/{chain}/")[-HISTORY:]:
-        try:
-            body = io.BytesIO()
-            objectstore.download(store, o.key, body)
-            out.append(json.loads(body.getvalue()))
-        except (ValueError, RunbookError):
-            continue  # one unreadable record must not hide the rest
-    return out
+    return read_drills(store, f"drills/{chain}/", last=HISTORY)
 
 
 @step("tear-down-standby")

@@ -2,18 +2,20 @@
 
 `recovery_report` and `escalation` build Block Kit blocks; `post` sends
 them with a plain-text fallback (what notifications and screen readers
-show). Everything we post passes through `redact`, and
+show), and `post_with_files` also shares files (a report's charts) under the
+message. Everything we post passes through `redact`, and
 every piece of text that came from a node, a command or an alert is
 escaped, so `<!channel>` in a log line cannot ping a whole channel and a
 `<url|label>` in an error cannot disguise a link.
 
-Slack being down must not fail a recovery: `post` raises `NotificationError`
+Slack being down must not fail a recovery: both raise `NotificationError`
 and flows decide whether to carry on (they usually log and continue).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from slack_sdk import WebClient
@@ -157,32 +159,91 @@ def escalation(
     return _finish(blocks)
 
 
-def post(workspace: "SlackWorkspace", text: str, blocks: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Post to the workspace's channel; returns Slack's answer (channel, ts).
-
-    Raises NotificationError on any failure (API error, timeout, no network).
-    """
+def _client(workspace: "SlackWorkspace") -> WebClient:
     token = workspace.token.get_secret_value() if hasattr(workspace.token, "get_secret_value") else str(workspace.token)
     register_secret(token)
-    client = WebClient(
+    return WebClient(
         token=token,
         base_url=workspace.base_url,
         timeout=workspace.timeout_seconds,  # type: ignore[arg-type] # urllib takes a float
         # One retry on a dropped connection; no waiting out rate limits here.
         retry_handlers=[ConnectionErrorRetryHandler(max_retry_count=1)],
     )
+
+
+def _call(workspace: "SlackWorkspace", what: str, call: Callable[[], Any]) -> dict[str, Any]:
+    """Run one Slack call; any failure (API error, timeout, no network) becomes a NotificationError about `what`."""
+    try:
+        response = call()
+    except SlackApiError as exc:
+        error = exc.response.get("error") if exc.response is not None else None
+        raise NotificationError(
+            f"Slack refused {what} to {workspace.channel}: {error or exc}"
+            + (" (is the bot invited to the channel?)" if error in ("not_in_channel", "channel_not_found") else "")
+        ) from None
+    except (SlackClientError, OSError, ValueError) as exc:
+        raise NotificationError(
+            f"could not reach Slack at {workspace.base_url} for {what}: {redact(str(exc))}"
+        ) from None
+    return dict(response.data) if isinstance(response.data, dict) else {"raw": response.data}
+
+
+def post(workspace: "SlackWorkspace", text: str, blocks: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Post to the workspace's channel; returns Slack's answer (channel, ts).
+
+    Raises NotificationError on any failure (API error, timeout, no network).
+    """
+    client = _client(workspace)
     # The fallback text is parsed like mrkdwn too: escape it so "<!channel>" stays text.
     payload: dict[str, Any] = {"channel": workspace.channel, "text": _clip(escape(redact(text)), MAX_FALLBACK_TEXT)}
     if blocks:
         payload["blocks"] = redact(blocks[:MAX_BLOCKS])
-    try:
-        response = client.chat_postMessage(**payload)
-    except SlackApiError as exc:
-        error = exc.response.get("error") if exc.response is not None else None
-        raise NotificationError(
-            f"Slack refused the message to {workspace.channel}: {error or exc}"
-            + (" (is the bot invited to the channel?)" if error in ("not_in_channel", "channel_not_found") else "")
-        ) from None
-    except (SlackClientError, OSError, ValueError) as exc:
-        raise NotificationError(f"could not reach Slack at {workspace.base_url}: {redact(str(exc))}") from None
-    return dict(response.data) if isinstance(response.data, dict) else {"raw": response.data}
+    return _call(workspace, "the message", lambda: client.chat_postMessage(**payload))
+
+
+def post_with_files(
+    workspace: "SlackWorkspace", text: str, blocks: list[dict[str, Any]] | None, files: list[tuple[str, bytes, str]]
+) -> dict[str, Any]:
+    """Post the message, then share `files` (filename, content, title) in its thread.
+
+    Returns Slack's answer to the message (channel, ts) with `files`: what
+    files.completeUploadExternal answered (id, title per file). Names and
+    titles are redacted like the message; contents are sent as given (charts
+    and data files we made, not text from nodes). Raises NotificationError on
+    any failure; when only the files failed, it says the message was posted
+    (and its ts), so nobody posts the report again to get its files.
+    """
+    message = post(workspace, text, blocks)
+    if not files:
+        return message | {"files": []}
+    # files.completeUploadExternal takes only a channel ID, and the block may hold a
+    # name (#node-ops). chat.postMessage takes either and answers with the ID, so the
+    # message we post anyway resolves it: no conversations.list walk (which needs the
+    # channels:read and groups:read scopes, pages through every channel of a large
+    # workspace under a tight rate limit and misses a private channel without
+    # groups:read). The files go in the message's thread (thread_ts), which keeps
+    # them with the report they belong to; the message carries the text and blocks,
+    # so there is no initial_comment (which cannot carry blocks) to repeat it.
+    uploads = [{"filename": redact(name), "content": content, "title": redact(title)} for name, content, title in files]
+    client = _client(workspace)
+    completed = _call(
+        workspace,
+        f"the files of the message it posted (ts {message['ts']})",
+        lambda: client.files_upload_v2(channel=message["channel"], thread_ts=message["ts"], file_uploads=uploads),
+    )
+    return message | {"files": completed.get("files", [])}
+
+
+def delete_message(workspace: "SlackWorkspace", channel: str, ts: str, file_ids: list[str]) -> None:
+    """Delete a message we posted and the files we shared with it (a report being replaced).
+
+    A message or file already gone (deleted by hand) is what we wanted: not an error."""
+    client = _client(workspace)
+    gone = ("message_not_found", "file_not_found", "file_deleted")
+    for what, call in [(f"deleting message {ts}", lambda: client.chat_delete(channel=channel, ts=ts))] + [
+            (f"deleting file {f}", lambda f=f: client.files_delete(file=f)) for f in file_ids]:
+        try:
+            _call(workspace, what, call)
+        except NotificationError as exc:
+            if not any(code in str(exc) for code in gone):
+                raise

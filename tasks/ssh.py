@@ -17,6 +17,8 @@ Why it looks like this:
   channel closed). Output kept in memory is capped per stream; the rest is
   read and discarded so the command can finish.
 - Every command, whatever its result, becomes an `action` audit entry.
+- paramiko's own rekeying is off (sshd still rekeys): paramiko #822, a deadlock
+  that failed backups past 512 MiB with "Key-exchange timed out".
 """
 
 from __future__ import annotations
@@ -147,13 +149,10 @@ def prepare_command(argv: list[str], action: ActionKind | str, audit_data: dict 
     return argv, shlex.join(argv), audit_data
 
 
-SERVER_REKEYS = 2**62  # never reached: sshd asks for new keys first
-
-
 class SshRunner:
     """One SSH connection to one host, for running argv commands.
 
-    One runner per task: it is not meant to be shared between threads.
+    One runner per task; only its streams (tasks/ssh_stream.py) may share it between threads.
     Use as a context manager:
 
         with SshRunner(host, identity, audit) as ssh:
@@ -202,8 +201,7 @@ class SshRunner:
         self._pkey = load_private_key(private_key)
         self._known_hosts = known_hosts
         self._client: paramiko.SSHClient | None = None
-        # Streams may run on threads (a datadir's files two at a time): one connection is opened, not two.
-        self._connect_lock = threading.Lock()
+        self._connect_lock = threading.Lock()  # streams on threads (a datadir's files) open one connection
 
     # -- connection -----------------------------------------------------------
 
@@ -216,9 +214,7 @@ class SshRunner:
     def _dry(self) -> bool:
         return self.gate is not None and self.gate.dry_run
 
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
 
     def connect(self) -> None:
@@ -276,11 +272,8 @@ class SshRunner:
             client.close()
             sock.close()
             raise SshError(f"{self.label}: SSH connection failed: {exc}", self.label) from exc
-        # Leave rekeying to sshd (OpenSSH rekeys every 1-4 GB, by cipher). paramiko's own rekey after
-        # 512 MiB deadlocks when the server closes a channel meanwhile (paramiko #822, open): a
-        # datadir backup over 512 MiB then failed with "Key-exchange timed out" (bench/snapshot_bench.py).
-        packetizer = client.get_transport().packetizer
-        packetizer.REKEY_BYTES = packetizer.REKEY_PACKETS = SERVER_REKEYS
+        # Rekeying is sshd's (every 1-4 GB): paramiko's own, at 512 MiB, deadlocks when a channel closes meanwhile
+        client.get_transport().packetizer.REKEY_BYTES = client.get_transport().packetizer.REKEY_PACKETS = 2**62
         self._client = client
 
     def close(self) -> None:

@@ -12,7 +12,45 @@ import hashlib
 import io
 import queue
 import threading
+import time
+from collections.abc import Callable
 from typing import IO
+
+PROGRESS_EVERY = 1.0  # seconds between progress reports of a long transfer
+
+
+class Meter:
+    """Bytes done of the total, told to `progress` at most once a second (from any thread)."""
+
+    def __init__(self, total: int, progress: Callable[[int, int], None] | None) -> None:
+        self.done, self.total, self._progress, self._last = 0, total, progress, 0.0
+        self._lock = threading.Lock()
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self.done += n
+            now = time.monotonic()
+            if self._progress is None or now - self._last < PROGRESS_EVERY:
+                return
+            self._last = now
+        self._progress(self.done, self.total)
+
+    def reader(self, source: IO[bytes]) -> IO[bytes]:
+        return _Counted(source, self.add)
+
+
+class _Counted(io.RawIOBase):
+    def __init__(self, source: IO[bytes], on_read: Callable[[int], None]) -> None:
+        self._source, self._on_read = source, on_read
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        data = self._source.read(len(b))
+        b[:len(data)] = data
+        self._on_read(len(data))
+        return len(data)
 
 
 class HashingReader(io.RawIOBase):

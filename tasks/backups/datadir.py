@@ -51,12 +51,11 @@ import contextlib
 import functools
 import io
 import posixpath
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import IO, TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from tasks import objectstore
 from tasks.backups.crypto import DecryptingReader, EncryptingReader, EncryptionKey
@@ -64,7 +63,7 @@ from tasks.backups.layout import RESTORE_SUFFIX, Layout
 from tasks.backups.manifest import Archive, BackupFile, Manifest, StoredRef, segment_key
 from tasks.errors import BackupIntegrityError, CommandFailed, InvalidInput
 from tasks.ssh_stream import IDLE_TIMEOUT, read_from, write_to
-from tasks.streams import HashingReader, ReadAhead
+from tasks.streams import HashingReader, Meter, ReadAhead
 from tasks.vocabulary import ActionKind
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -76,13 +75,11 @@ ARCHIVE = "data.tar.zst"
 # zstd -1 on two threads: ~1 GiB/s (REFERENCE), far above what SSH carries.
 ZSTD, UNZSTD = "zstd -1 -T2 -q", "zstd -d -q"
 HASH_RATE = 50 * 1024 * 1024  # bytes/s sha256sum surely manages (0.29 GB/s measured): one big file's silence
-PROGRESS_EVERY = 1.0
 # Segment files move two at a time, each on its own SSH channel and upload: while one waits on the
 # store the other reads from the host (bench/snapshot_bench.py: 0.8x -> see README). Memory per file is
 # the uploader's few parts.
 FILES_AT_ONCE = 2
 _KIND_NAMES = {"l": "symlink", "s": "socket", "p": "fifo", "b": "block device", "c": "character device"}
-ProgressFn = Callable[[int, int], None]
 T = TypeVar("T")
 
 
@@ -122,26 +119,6 @@ def _hash(ssh: SshRunner, root: str, paths: list[str], largest: int) -> dict[str
     return {_decode(r[66:]): r[:64].decode() for r in records}  # "<64 hex>  <name>"
 
 
-class _Meter:
-    """Bytes done of the total, told to `progress` at most once a second (from any thread)."""
-
-    def __init__(self, total: int, progress: ProgressFn | None) -> None:
-        self.done, self.total, self._progress, self._last = 0, total, progress, 0.0
-        self._lock = threading.Lock()
-
-    def add(self, n: int) -> None:
-        with self._lock:
-            self.done += n
-            now = time.monotonic()
-            if self._progress is None or now - self._last < PROGRESS_EVERY:
-                return
-            self._last = now
-        self._progress(self.done, self.total)
-
-    def reader(self, source: IO[bytes]) -> IO[bytes]:
-        return _Counted(source, self.add)
-
-
 def _each_at_once(jobs: list[tuple[Callable[[], T], int]]) -> list[T]:
     """Run (job, its size in bytes) pairs FILES_AT_ONCE at a time, the largest first; results in the jobs' order.
 
@@ -157,20 +134,6 @@ def _each_at_once(jobs: list[tuple[Callable[[], T], int]]) -> list[T]:
             for f in futures.values():
                 f.cancel()
             raise
-
-
-class _Counted(io.RawIOBase):
-    def __init__(self, source: IO[bytes], on_read: Callable[[int], None]) -> None:
-        self._source, self._on_read = source, on_read
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b) -> int:
-        data = self._source.read(len(b))
-        b[:len(data)] = data
-        self._on_read(len(data))
-        return len(data)
 
 
 # ------------------------------------------------------------------ the store's side
@@ -209,7 +172,7 @@ class DatadirBackup:
 
 def backup_datadir(ssh: SshRunner, store: ObjectStore, key: EncryptionKey, datadir: str, layout: Layout,
                    prefix: str, reusable: dict[tuple[str, int, str], StoredRef],
-                   progress: ProgressFn | None = None, owner: str | None = None) -> DatadirBackup:
+                   progress: Callable[[int, int], None] | None = None, owner: str | None = None) -> DatadirBackup:
     """Back up `datadir` on ssh's host under `prefix` (the backup's key prefix); the manifest is the caller's.
 
     `reusable` is `manifest.reusable_segments(earlier, key.key_id)`; `owner`
@@ -233,7 +196,7 @@ def backup_datadir(ssh: SshRunner, store: ObjectStore, key: EncryptionKey, datad
     candidates = {(path, size) for path, size, _ in reusable}
     to_hash = mutable + [(p, s) for p, s in immutable if (p, s) in candidates]
     sums = _hash(ssh, datadir, [p for p, _ in to_hash], max((s for _, s in to_hash), default=0))
-    meter = _Meter(sum(s for _, s in listed), progress)
+    meter = Meter(sum(s for _, s in listed), progress)
 
     def archive() -> DatadirBackup:
         """The mutable files as one tar+zstd stream, in one object."""
@@ -314,7 +277,7 @@ _PLACE_FILE = 'mkdir -p -- "$1" && cat > "$2" && mv -f -- "$2" "$3"'
 
 
 def restore_datadir(ssh: SshRunner, store: ObjectStore, key: EncryptionKey, manifest: Manifest, target_dir: str,
-                    progress: ProgressFn | None = None) -> RestoreResult:
+                    progress: Callable[[int, int], None] | None = None) -> RestoreResult:
     """Restore the backup into `target_dir` on ssh's host (absent or empty) and check every file there.
 
     Raises BackupIntegrityError (a tampered or corrupted object, a file that
@@ -328,7 +291,7 @@ def restore_datadir(ssh: SshRunner, store: ObjectStore, key: EncryptionKey, mani
                            "nothing was changed")
     if not made.ok:
         raise CommandFailed(made)
-    meter = _Meter(sum(f.size for f in manifest.files), progress)
+    meter = Meter(sum(f.size for f in manifest.files), progress)
     for archive in manifest.archives:
         if archive.format != "tar+zstd":
             raise InvalidInput(f"archive {archive.name} is {archive.format!r}, not a datadir's tar+zstd")
@@ -358,7 +321,7 @@ def restore_datadir(ssh: SshRunner, store: ObjectStore, key: EncryptionKey, mani
 
 
 def _restore_object(ssh: SshRunner, store: ObjectStore, key: EncryptionKey, ref: StoredRef, argv: list[str],
-                    meter: _Meter, dry_run: bool, expect: BackupFile | None = None) -> int:
+                    meter: Meter, dry_run: bool, expect: BackupFile | None = None) -> int:
     """Stream one object, checked and decrypted, into argv on the host; the stored bytes read.
 
     With `expect` (the file the object holds) the plaintext must have its size and sha256
