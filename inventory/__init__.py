@@ -282,6 +282,17 @@ class Backups(Strict):
     databases: dict[Name, DatabaseRef] = {}
 
 
+class Reports(Strict):
+    """The daily profit and operations report (flows/daily_report.py): where its figures come from.
+    It posts to notifications.slack_block and stores into backups.store_block."""
+
+    database: Name | None = Field(None, description="Key of backups.databases: the MEV database the report reads")
+    prometheus_url: Annotated[str, Field(pattern=r"^https?://[^\s@]+$", max_length=2000)] | None = Field(
+        None, description="Prometheus base URL (its HTTP API): per node uptime, lag and RPC latency")
+    reconcile_sample: Annotated[int, Field(ge=0, le=2000)] = Field(
+        200, description="Landed executions per chain checked against the chain's receipts each day")
+
+
 class Inventory(Strict):
     chains: dict[Name, Chain]
     hosts: dict[Name, Host]
@@ -289,6 +300,7 @@ class Inventory(Strict):
     nodes: dict[Name, Node]
     notifications: Notifications = Notifications()
     backups: Backups = Backups()
+    reports: Reports = Reports()
     releases: dict[Client, ReleaseSourceRef] = Field({}, description="client -> where client-upgrade gets its releases")
 
     @model_validator(mode="after")
@@ -319,6 +331,9 @@ class Inventory(Strict):
         for name, ref in self.backups.databases.items():
             if ref.host is not None and ref.host not in self.hosts:
                 unknown(("backups", "databases", name, "host"), "host", ref.host, self.hosts)
+        if self.reports.database is not None and self.reports.database not in self.backups.databases:
+            unknown(("reports", "database"), "database (a key of backups.databases)", self.reports.database,
+                    self.backups.databases)
         if problems:
             raise ValidationError.from_exception_data("Inventory", problems)
         return self

@@ -91,6 +91,7 @@ def inventory(paths: Paths) -> dict:
         "nodes": nodes,
         "notifications": {"slack_block": t.BLOCK_SLACK, "pagerduty_block": t.BLOCK_PAGERDUTY},
         "backups": {"store_block": t.BLOCK_STORE, "databases": {t.DB_NAME: {"block": t.BLOCK_DB, "host": t.DB_HOST}}},
+        "reports": {"database": t.DB_NAME, "prometheus_url": f"http://127.0.0.1:{t.PROMETHEUS_PORT}"},
         # The lab's release server publishes anvil as Erigon publishes Erigon (lab/releases.py).
         "releases": {"anvil": {"base_url": f"{t.RELEASES_URL}/{{tag}}", "index_url": f"{t.RELEASES_URL}/releases.json"}},
     }

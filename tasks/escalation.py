@@ -5,20 +5,23 @@
 | P1       | `chain-incident`: the chain, not a node, is the problem          | yes   | page, critical   |
 | P1       | `backend-down`: a node did not recover and its load-balancer     | yes   | page, critical   |
 |          | backend has no healthy server left                               |       |                  |
+| P1       | `profit-loss-major`: an hour lost over $10k (daily report)       | yes   | page, critical   |
 | P2       | `not-recovered`: a node did not recover (peers still serve)      | yes   | page, error      |
 | P2       | `circuit-open`: the node's restart budget is spent               | yes   | page, error      |
 | P2       | `run-crashed`: a mutating run died half way (found by reconcile) | yes   | page, error      |
 | P2       | `run-failed`: a mutating run failed on an error nobody planned   | yes   | page, error      |
 | P2       | `upgrade-failed`: a node failed its upgrade and was rolled back  | yes   | page, error      |
 | P2       | `disk-full`: safe clean-ups left a disk past its critical mark   | yes   | page, error      |
+| P2       | `profit-loss`: an hour lost $1k-10k (daily report)               | yes   | page, error      |
 | P3       | `lagging`, `warning`: degraded, automation is handling it        | yes   | no               |
+| P3       | `profit-low`: an hour earned under $1k (daily report)            | yes   | no               |
 | P3       | `disk-over-target`: safe clean-ups were not enough; heavy client | yes   | no               |
 |          | pruning (approval) or more disk is a human's call                |       |                  |
 | P4       | `info`: for the record                                           | yes   | no               |
 
 An alert's `severity` label can raise the priority, never lower it:
 critical -> at least P2, warning -> at least P3, info -> P4 (no effect).
-Only what a runbook found itself reaches P1. An unknown kind without a
+Only what a runbook found itself reaches P1 (the daily report's profit loss included). An unknown kind without a
 severity is P3 (someone should look; nobody is woken); an unknown severity
 counts as warning.
 
@@ -80,6 +83,9 @@ class Kind:
     UPGRADE_FAILED = "upgrade-failed"  # a node failed its upgrade (rolled back, or not: then not-recovered too)
     DISK_FULL = "disk-full"  # safe clean-ups could not bring a disk under its critical mark
     DISK_OVER_TARGET = "disk-over-target"  # under critical, still over target: heavy pruning needs a human
+    PROFIT_LOSS_MAJOR = "profit-loss-major"  # the seeds' thresholds: over $10k lost in an hour
+    PROFIT_LOSS = "profit-loss"  # $1k-10k lost in an hour
+    PROFIT_LOW = "profit-low"  # under $1k earned in an hour
     LAGGING = "lagging"
     WARNING = "warning"
     INFO = "info"
@@ -96,6 +102,9 @@ _BY_KIND = {
     Kind.UPGRADE_FAILED: Priority.P2,
     Kind.DISK_FULL: Priority.P2,
     Kind.DISK_OVER_TARGET: Priority.P3,
+    Kind.PROFIT_LOSS_MAJOR: Priority.P1,
+    Kind.PROFIT_LOSS: Priority.P2,
+    Kind.PROFIT_LOW: Priority.P3,
     Kind.LAGGING: Priority.P3,
     Kind.WARNING: Priority.P3,
     Kind.INFO: Priority.P4,
