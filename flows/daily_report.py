@@ -27,9 +27,9 @@ makes the artifacts, and posts, stores and escalates nothing.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import json
-from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from typing import Annotated
 
@@ -143,7 +143,7 @@ def aggregates(profit: DayProfit, recon: Reconciliation, ops: Operations) -> dic
     return out
 
 
-@dataclass
+@dataclasses.dataclass
 class DailyReport:
     first: date
     last: date
@@ -190,6 +190,8 @@ class DailyReport:
         lo, hi = day_window(day, now)
         with psycopg.connect(**self.db.conninfo(), autocommit=True) as conn:
             profit = day_profit(conn, day)
+            # Today's hours still to come are not under any threshold yet.
+            profit = dataclasses.replace(profit, alerts=[a for a in profit.alerts if a.hour < hi])
             recon = reconcile_day(conn, rb.inventory, lo, hi, rb.inventory.reports.reconcile_sample)
         ops = day_operations(rb.inventory.reports.prometheus_url, self.store, lo, hi)
         partial = hi.isoformat(timespec="minutes") if hi < lo + timedelta(days=1) else None
@@ -207,8 +209,7 @@ class DailyReport:
             stored = store_day_report(self.store, day, files)
             rb.audit.action(f"s3:{self.store.bucket}", f"store {day_prefix(day)}/", 0, 0.0, action=ActionKind.upload,
                             objects=len(stored), bytes=sum(o.size for o in stored))
-        alerts = [a for a in profit.alerts if a.hour < hi]  # today's hours still to come are not under anything yet
-        if alerts:
+        if alerts := profit.alerts:
             worst = min(alerts, key=lambda a: ("P1", "P2", "P3").index(a.severity))
             rb.escalate(ESCALATION_TARGET, KIND_BY_SEVERITY[worst.severity],
                         f"{day}: {len(alerts)} hour(s) under the profit thresholds, worst {worst.hour:%H}:00 "

@@ -11,7 +11,7 @@ from decimal import Decimal
 import pandas as pd
 
 from tasks.operations import LAG_KPI_BLOCKS, LATENCY_P99_KPI_S, UPTIME_KPI, Operations
-from tasks.profit import DayProfit
+from tasks.profit import COMPARED, TOTAL, DayProfit
 from tasks.receipts import Reconciliation
 
 SUCCESS_KPI = 0.85  # the seeds' MEV success rate target
@@ -28,6 +28,13 @@ def pct(value, digits: int = 1) -> str:
     if value is None or pd.isna(value):
         return "-"
     return f"{float(value) * 100:.{digits}f}%"
+
+
+def num(value) -> str:
+    """A count, or an average of counts, as an operator reads it."""
+    if value is None or pd.isna(value):
+        return "-"
+    return f"{value:,}" if isinstance(value, int) else f"{float(value):,.1f}"
 
 
 def met(ok: bool | None) -> str:
@@ -78,8 +85,8 @@ def markdown(day: date, profit: DayProfit, recon: Reconciliation, ops: Operation
                                             "reverted": str, "dropped": str, "success_rate": pct, "gross_usd": usd,
                                             "cost_usd": usd, "net_usd": usd})
         lines += ["", "### Against the previous day and the 7-day average", ""]
-        lines += table(profit.comparison[profit.comparison["chain"] == "all"] if "chain" in profit.comparison else
-                       profit.comparison, {c: (usd if c.endswith("usd") else str) for c in profit.comparison.columns})
+        fleet = profit.comparison[profit.comparison["chain"] == TOTAL]
+        lines += table(fleet, {c: (usd if c.endswith("usd") else num if c in COMPARED else str) for c in fleet.columns})
         lines += ["", "### Best and worst executions", ""]
         cols = {"id": str, "chain": str, "strategy": str, "status": str, "hash": str, "net_usd": usd}
         lines += table(profit.top, cols) + [""] + table(profit.worst, cols)

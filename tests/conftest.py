@@ -192,6 +192,8 @@ _EARLY_LAB = _EarlyLab()
 def pytest_collection_modifyitems(session, config, items) -> None:
     """Tests that need no lab first (each group in its own order), and the lab started behind them."""
     needs_lab = [item for item in items if "lab" in getattr(item, "fixturenames", ())]
+    # `last`: the daily report of the suite's own day, after the tests whose runs it reports.
+    needs_lab.sort(key=lambda item: item.get_closest_marker("last") is not None)
     if needs_lab and os.geteuid() == 0:
         items[:] = [item for item in items if "lab" not in getattr(item, "fixturenames", ())] + needs_lab
         _EARLY_LAB.start()

@@ -29,11 +29,12 @@ from lab import mevbot
 from lab import topology as t
 from tasks import objectstore
 from tasks.audit import read_entries
+from tasks.backups.drills import read_drills
 from tasks.backups.manifest import list_manifests, read_verifications
 from tasks.report_store import day_prefix, read_parquet
 from tests import fleet
 
-pytestmark = pytest.mark.lab
+pytestmark = [pytest.mark.lab, pytest.mark.last]
 CHARTS = {"profit_by_hour.png", "cost_breakdown.png", "success_by_strategy.png", "uptime_by_node.png"}
 
 
@@ -64,15 +65,19 @@ def reported(runbooks):
     recovery = node_recovery(node="eth-c", reason="kill", return_state=True)
     assert recovery.is_completed(), recovery.message
     backup = config_backup(hosts=["h2"])
-    if not any(read_verifications(store, m.key) for m in list_manifests(store, "snapshot", "eth-a")):
-        assert snapshot_backup("eth-a")["status"] == "succeeded"
-    drill = dr_drill(target="lab-eth", standby_host=t.STANDBY_HOST)
-    fleet.restore_fleet()
     today = datetime.now(timezone.utc).date()
+    # The suite's own drill of the day when there is one (test_snapshot_backup's: this module runs last), else one here.
+    drills = [d for d in read_drills(store) if d["started_at"].startswith(today.isoformat())]
+    if not drills:
+        if not any(read_verifications(store, m.key) for m in list_manifests(store, "snapshot", "eth-a")):
+            assert snapshot_backup("eth-a")["status"] == "succeeded"
+        assert dr_drill(target="lab-eth", standby_host=t.STANDBY_HOST)["status"] == "succeeded"
+        drills = [d for d in read_drills(store) if d["started_at"].startswith(today.isoformat())]
+    fleet.restore_fleet()
     run = run_deployment("daily-report/daily-report", parameters={"day": today.isoformat()}, timeout=300)
     assert run.state.is_completed(), run.state
     return {"store": store, "day": today, "bot": bot, "run": run, "recovery": recovery, "backup": backup,
-            "drill": drill}
+            "drills": drills}
 
 
 def test_profit_equals_the_bots_records_to_the_wei(reported):
@@ -114,8 +119,9 @@ def test_operations_show_the_recovery_backup_and_drill_of_the_day(reported):
     report = download(store, f"{day_prefix(day)}/report.md").decode()
     for key in reported["backup"]["manifests"].values():
         assert f"config h2: verified ({key})" in report
-    drill = reported["drill"]
-    assert f"lab-eth {drill['node']}: RTO {drill['rto_s']} s (met against 30 min)" in report
+    for drill in reported["drills"]:
+        assert f"{drill['chain']} {drill['node']}: RTO {drill['rto_s']} s (met against 30 min)" in report
+    assert f"- DR drills: {len(reported['drills'])}" in report
     nodes = read_parquet(download(store, f"{day_prefix(day)}/aggregates/nodes.parquet"))
     assert set(t.NODES) <= set(nodes["node"]) and (nodes["samples"] > 0).all()
     assert nodes["uptime"].between(0, 1).all() and (nodes["latency_p99_ms"] > 0).all()
