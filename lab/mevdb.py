@@ -11,6 +11,11 @@ Determinism: the same seed, number of executions, day and days give the same
 rows, byte for byte, and so the same fingerprints (numpy's PCG64 stream, with
 the numpy version uv.lock pins). The generator owns the data tables: it
 replaces what they hold; reference data (chains, tokens) is upserted.
+
+Known totals: `generate` also returns, per (UTC day, chain, strategy), the
+counts by status and the exact integer sums of every cost line and of the
+revenue per token (`KnownTotals`), tallied from the very values it writes.
+The profit report is checked against them to the wei.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta, timezone
 
 import numpy as np
@@ -159,11 +164,28 @@ def create_schema(conn: psycopg.Connection) -> None:
 
 # --------------------------------------------------------------------------- the generator
 @dataclass
+class KnownTotals:
+    """What one (UTC day, chain, strategy) holds, in exact integers: the report's expected figures.
+
+    Gas lines are in wei of the chain's native token and count landed rows only (the others have
+    no gas); revenue and flash-loan fees are in the revenue token's smallest unit, per token.
+    """
+    statuses: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STATUSES, 0))
+    base_fee_cost: int = 0  # gas_used * base_fee
+    priority_fee_cost: int = 0  # gas_used * (effective_gas_price - base_fee)
+    l1_fee: int = 0
+    coinbase_transfer: int = 0
+    gross_revenue: dict[str, int] = field(default_factory=dict)  # revenue token -> raw units
+    flash_loan_fee: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
 class Generated:
     executions: int
     opportunities: int
     token_prices: int
     seconds: float
+    totals: dict[tuple[date, str, str], KnownTotals] = field(default_factory=dict, repr=False)
 
     @property
     def rows_per_second(self) -> float:
@@ -205,15 +227,16 @@ def generate(conn: psycopg.Connection, executions: int, seed: int, day: date, da
         prices = _token_prices(conn, rng, start, days * 24)
         opp_id = exe_id = 0
         done = 0
+        totals: dict[tuple[date, str, str], KnownTotals] = {}
         while done < executions:
             n = min(CHUNK, executions - done)
             # Each chunk covers its own slice of the range, so ids follow time.
             lo, hi = span_us * done // executions, span_us * (done + n) // executions
-            opp_id, exe_id = _chunk(conn, rng, start, span_us, lo, hi, n, opp_id, exe_id, prices)
+            opp_id, exe_id = _chunk(conn, rng, start, span_us, lo, hi, n, opp_id, exe_id, prices, totals)
             done += n
     with conn.transaction():  # fresh statistics, so the report's first query plans well
         conn.execute("ANALYZE executions, opportunities, token_prices")
-    return Generated(exe_id, opp_id, len(TOKENS) * days * 24, time.monotonic() - started)
+    return Generated(exe_id, opp_id, len(TOKENS) * days * 24, time.monotonic() - started, totals)
 
 
 def _token_prices(conn, rng: np.random.Generator, start: datetime, hours: int) -> np.ndarray:
@@ -231,7 +254,7 @@ def _token_prices(conn, rng: np.random.Generator, start: datetime, hours: int) -
     return prices
 
 
-def _chunk(conn, rng, start, span_us, lo, hi, n, opp_id, exe_id, prices) -> tuple[int, int]:
+def _chunk(conn, rng, start, span_us, lo, hi, n, opp_id, exe_id, prices, totals) -> tuple[int, int]:
     tok = {t[0]: i for i, t in enumerate(TOKENS)}
     # Opportunities: a quarter more are detected than executed (the rest did not pay after costs).
     m = n + n // 4
@@ -304,7 +327,35 @@ def _chunk(conn, rng, start, span_us, lo, hi, n, opp_id, exe_id, prices) -> tupl
     _copy(conn, "executions", "id, submitted_at, chain, strategy, opportunity_id, tx_hash, bundle_hash, status, "
           "block_number, gas_used, effective_gas_price, base_fee, l1_fee, coinbase_transfer, flash_loan_fee, "
           "gross_revenue, revenue_token", rows)
+    _tally(totals, start, submitted, chain, strategy, status, gas, base_fee, eff_price, l1_fee, coinbase, flash_fee,
+           gross, token_idx)
     return opp_id + m, exe_id + n
+
+
+def _tally(totals, start, submitted, chain, strategy, status, gas, base_fee, eff_price, l1_fee, coinbase, flash_fee,
+           gross, token_idx) -> None:
+    """Add one chunk's rows to `totals`, from the arrays just written, in Python integers.
+
+    The float arrays hold whole numbers (rounded), which is what COPY wrote ("%.0f"): int() of
+    each is the stored value exactly, and Python's integers do not overflow where int64 would.
+    """
+    first = start.date()
+    days = (submitted // 86_400_000_000).tolist()
+    for d, c, s, st, g, bf, ep, l1, cb, ff, gr, tk in zip(
+            days, chain.tolist(), strategy.tolist(), status.tolist(), gas.tolist(), base_fee.tolist(),
+            eff_price.tolist(), l1_fee.tolist(), coinbase.tolist(), flash_fee.tolist(), gross.tolist(),
+            token_idx.tolist()):
+        t = totals.setdefault((first + timedelta(days=d), CHAINS[c].name, STRATEGIES[s]), KnownTotals())
+        t.statuses[STATUSES[st]] += 1
+        if st <= 1:  # landed: the only rows written with gas
+            g, bf = int(g), int(bf)
+            t.base_fee_cost += g * bf
+            t.priority_fee_cost += g * (int(ep) - bf)
+        t.l1_fee += int(l1)
+        t.coinbase_transfer += int(cb)
+        symbol = TOKENS[tk][0]
+        t.gross_revenue[symbol] = t.gross_revenue.get(symbol, 0) + int(gr)
+        t.flash_loan_fee[symbol] = t.flash_loan_fee.get(symbol, 0) + int(ff)
 
 
 # --------------------------------------------------------------------------- the command line
@@ -325,7 +376,8 @@ def main(argv: list[str] | None = None) -> int:
         result: dict = {}
         if not args.fingerprints:
             g = generate(conn, args.executions, args.seed, args.day, args.days)
-            result = {"day": args.day.isoformat(), "days": args.days, "seed": args.seed, **asdict(g),
+            result = {"day": args.day.isoformat(), "days": args.days, "seed": args.seed, "executions": g.executions,
+                      "opportunities": g.opportunities, "token_prices": g.token_prices, "seconds": g.seconds,
                       "rows_per_second": round(g.rows_per_second)}
         result["tables"] = {t: asdict(f) for t, f in fingerprints(conn).items()}
     json.dump(result, sys.stdout, indent=2)

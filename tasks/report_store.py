@@ -74,7 +74,8 @@ def store_day_report(store: ObjectStore, day: date, files: dict[str, bytes]) -> 
 def parquet_bytes(df: pd.DataFrame) -> bytes:
     """The frame as a Parquet file, without its index.
 
-    Columns of Python Decimals (Postgres numeric) are stored as exact text,
+    Columns of Python Decimals (Postgres numeric) and of Python ints held as
+    objects (wei sums, which pass 2**63 on a busy day) are stored as exact text,
     e.g. "1234.500000" (a missing value is null), marked in the field's
     metadata so `read_parquet` gives Decimals back. Text, not Parquet decimals: numeric(78,0) holds any uint256
     (wei amounts), more digits than Arrow's widest decimal (76), and Arrow
@@ -105,9 +106,12 @@ def read_parquet(data: bytes) -> pd.DataFrame:
 
 def _is_decimal(column: pd.Series) -> bool:
     values = column.dropna()
-    return len(values) > 0 and all(isinstance(v, Decimal) for v in values)
+    return (column.dtype == object and len(values) > 0
+            and all(isinstance(v, (Decimal, int)) and not isinstance(v, bool) for v in values))
 
 
 def _decimal_text(value: object) -> str | None:
+    if pd.isna(value):
+        return None
     # format "f" never uses an exponent: Decimal("1E+3") is written "1000", which every tool parses.
-    return None if pd.isna(value) else format(value, "f")
+    return format(value, "f") if isinstance(value, Decimal) else str(value)

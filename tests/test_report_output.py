@@ -162,6 +162,7 @@ def aggregates() -> pd.DataFrame:
             "bundles": [120, 40, 3],
             "net_usd": [1234.5, np.nan, -3.25],
             "gross_wei": [Decimal(2**256 - 1), None, Decimal("1E+3")],  # numeric(78,0): beyond any Arrow decimal
+            "tips_wei": np.array([2**70, 5, 0], dtype=object),  # a day's wei sum passes 2**63: Python ints
             "expected_usd": [Decimal("1234.500000"), Decimal("0.000001"), Decimal("-7.000000")],
             "first_seen": pd.to_datetime(["2024-05-01T00:03Z", "2024-05-01T13:00Z", None], utc=True),
         },
@@ -172,7 +173,8 @@ def aggregates() -> pd.DataFrame:
 def test_parquet_round_trips_with_decimals_exact():
     frame = aggregates()
     back = report_store.read_parquet(report_store.parquet_bytes(frame))
-    pd.testing.assert_frame_equal(back, frame.reset_index(drop=True))
+    assert back.pop("tips_wei").tolist() == [2**70, 5, 0]  # exact, read back as Decimals
+    pd.testing.assert_frame_equal(back, frame.drop(columns="tips_wei").reset_index(drop=True))
     assert back["gross_wei"].tolist() == [Decimal(2**256 - 1), None, Decimal(1000)]
     assert [str(d) for d in back["expected_usd"]] == ["1234.500000", "0.000001", "-7.000000"]  # scale kept
 

@@ -1,5 +1,5 @@
 """No secret (SSH key, Slack token, PagerDuty routing key, bridge token, the object store's
-credentials, the backup encryption key, the database password) appears in any log, artifact,
+credentials, the backup encryption key, the database password the daily report reads with) appears in any log, artifact,
 event, audit record, object name or plaintext record in the backup store.
 
 The test first drives every path that handles a secret (an escalating
@@ -18,6 +18,7 @@ import httpx
 
 import lab
 from blocks import ObjectStore
+from flows.daily_report import daily_report
 from flows.node_recovery import node_recovery
 from flows.snapshot_backup import snapshot_backup
 from lab import topology
@@ -112,6 +113,8 @@ def test_no_secret_reaches_any_log_artifact_event_or_audit_record(healthy_fleet,
     # ... and a backup: the store's credentials and the encryption key (the database password is driven
     # by database-backup, whose manifests are scanned below with every other object name and record).
     assert snapshot_backup("op-a")["status"] == "succeeded"
+    # ... and the daily report: the database password, Slack with files, the store.
+    assert daily_report()["status"] == "succeeded"
 
     leaks = []
     store = ObjectStore.load(topology.BLOCK_STORE)
@@ -119,7 +122,7 @@ def test_no_secret_reaches_any_log_artifact_event_or_audit_record(healthy_fleet,
     assert any(o.key.endswith("/manifest.json") for o in objects)
     leaks += find_leaks("\n".join(o.key for o in objects), secrets, "object names")
     for o in objects:
-        if o.key.endswith(".json"):  # manifests, verification and drill records: plaintext by design
+        if o.key.endswith((".json", ".md")):  # manifests, verification and drill records, reports: plaintext by design
             body = io.BytesIO()
             objectstore.download(store, o.key, body)
             leaks += find_leaks(body.getvalue().decode(errors="replace"), secrets, o.key)
