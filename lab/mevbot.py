@@ -85,8 +85,11 @@ def _prepare(conn: psycopg.Connection, chain: str, chain_id: int, hours: list[da
 
 
 def run(conn: psycopg.Connection, rpc_url: str, chain: str, chain_id: int, executions: int, seed: int,
-        mismatches: int) -> BotRun:
-    """Send `executions` transactions, record them, make `mismatches` of the records wrong; what was done."""
+        mismatches: int, big_loss: bool = False) -> BotRun:
+    """Send `executions` transactions, record them, make `mismatches` of the records wrong; what was done.
+
+    `big_loss`: the first execution tips the builder 1.5 ETH for 0.1 ETH of revenue, a ~$4,500 loss
+    (an over-bid bundle): its hour is under the operators' $1k-10k loss threshold (P2)."""
     if not 0 <= mismatches <= executions:
         raise ValueError("mismatches must be between 0 and executions")
     rng = random.Random(seed)
@@ -101,7 +104,7 @@ def run(conn: psycopg.Connection, rpc_url: str, chain: str, chain_id: int, execu
     miner = _rpc(rpc_url, "eth_getBlockByNumber", ["latest", False])["miner"]
     sent = []  # all sent first, then their receipts: one block time in all, not one per transaction
     for i in range(executions):
-        tip = rng.randrange(10**14, 10**16)
+        tip = 15 * 10**17 if big_loss and i == 0 else rng.randrange(10**14, 10**16)
         tx = dict(to=reverter, gas=hex(60_000)) if i % 4 == 3 else dict(to=miner, value=hex(tip), gas=hex(21_000))
         sent_at = datetime.now(timezone.utc)
         sent.append((i, tip, sent_at, _send(rpc_url, sender, **tx)))
@@ -118,10 +121,11 @@ def run(conn: psycopg.Connection, rpc_url: str, chain: str, chain_id: int, execu
             "effective_gas_price": int(receipt["effectiveGasPrice"], 16),
             "base_fee": int(block.get("baseFeePerGas", "0x0"), 16),
             "coinbase_transfer": tip if included else 0,
-            "gross_revenue": tip * (2 + i % 3) if included else 0,  # WETH wei: the trade paid its tip and more
+            # WETH wei: the trade paid its tip and more, but for the over-bid one
+            "gross_revenue": (tip // 15 if big_loss and i == 0 else tip * (2 + i % 3)) if included else 0,
         })
     # Wrong on purpose, one kind after another; only landed-and-included rows can be "included" wrongly.
-    for n, row in enumerate(rng.sample(done.executions, mismatches)):
+    for n, row in enumerate(rng.sample(done.executions[1 if big_loss else 0:], mismatches)):
         kind = MISMATCH_KINDS[n % len(MISMATCH_KINDS)]
         if kind == "status":
             row["status"] = "reverted" if row["status"] == "included" else "included"
@@ -158,9 +162,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--executions", type=int, default=12)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--mismatches", type=int, default=0)
+    p.add_argument("--big-loss", action="store_true", help="the first execution loses ~$4,500 (a P2 hour)")
     args = p.parse_args(argv)
     with psycopg.connect(args.dsn, connect_timeout=10) as conn:
-        done = run(conn, args.rpc, args.chain, args.chain_id, args.executions, args.seed, args.mismatches)
+        done = run(conn, args.rpc, args.chain, args.chain_id, args.executions, args.seed, args.mismatches,
+                   args.big_loss)
     json.dump(asdict(done), sys.stdout, indent=1, default=str)
     print()
     return 0

@@ -58,7 +58,7 @@ def reported(runbooks):
         conn.execute("DELETE FROM executions WHERE id >= %s", (mevbot.BOT_IDS,))
         conn.execute("DELETE FROM opportunities WHERE id >= %s", (mevbot.BOT_IDS,))
         bot = mevbot.run(conn, t.reference_url("lab-eth"), "lab-eth", t.CHAINS["lab-eth"].chain_id,
-                         executions=12, seed=11, mismatches=4)
+                         executions=12, seed=11, mismatches=4, big_loss=True)
     # A recovery, a backup and a drill, today.
     lab.fault("eth-c", "kill")
     fleet.wait_status("eth-c", {"down"})
@@ -140,6 +140,13 @@ def test_slack_holds_the_message_with_its_charts_and_the_store_the_days_folder(r
         assert image.format == "PNG" and image.size == (900, 450) and len(image.getcolors(1 << 16) or []) > 20
     posts = [r["body"] for r in lab.stub_records("slack") if r["path"] == "/api/chat.postMessage"]
     assert any(f"Daily report {day}" in p.get("text", "") for p in posts)
+
+
+def test_an_hour_that_lost_over_1k_escalates_p2_with_a_page(reported):
+    posts = [r["body"].get("text", "") for r in lab.stub_records("slack") if r["path"] == "/api/chat.postMessage"]
+    assert any(p.startswith("[P2] mev-profit:") and "under the profit thresholds" in p for p in posts), posts
+    pages = [r["body"] for r in lab.stub_records("pagerduty")]
+    assert any(p["payload"]["severity"] == "error" and "mev-profit" in p["payload"]["summary"] for p in pages), pages
 
 
 def test_rerunning_the_day_replaces_its_report_in_the_store_and_on_slack(reported):
