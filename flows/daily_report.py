@@ -250,7 +250,12 @@ def daily_report(
     trigger_event_id: AUTOMATION_ONLY = None,
 ) -> dict:
     """The day's profit by chain and strategy, reconciled with the chain, beside the fleet's operations."""
-    today = _utcnow().date()
+    first, last = days_asked(day, until, _utcnow().date())
+    return runbook.run(DailyReport(first, last), trigger.describe("daily-report", trigger_event_id), dry_run=dry_run)
+
+
+def days_asked(day: date | None, until: date | None, today: date) -> tuple[date, date]:
+    """The first and last day to report (yesterday by default); InvalidInput before anything runs."""
     first = day or today - timedelta(days=1)
     last = until or first
     if last < first:
@@ -259,4 +264,4 @@ def daily_report(
         raise InvalidInput(f"{last} has not begun yet (today is {today} UTC)")
     if (last - first).days >= MAX_DAYS:
         raise InvalidInput(f"{(last - first).days + 1} days: at most {MAX_DAYS} per run; split the backfill")
-    return runbook.run(DailyReport(first, last), trigger.describe("daily-report", trigger_event_id), dry_run=dry_run)
+    return first, last

@@ -4,7 +4,9 @@ runbooks doing real work through the worker: the nightly database backup
 proved restorable, a node snapshot, the hosts' configuration, and a
 disaster-recovery drill restoring that snapshot onto the standby host; and
 a disk filled past its mark, alerted on and cleaned by disk-prune; and the
-lab-eth chain's client upgraded through its approval, canary first.
+lab-eth chain's client upgraded through its approval, canary first; and the
+day's profit and operations report, with the lab's MEV bot's transactions
+reconciled against the chain.
 
     python -m lab.demo [--node eth-b] [--fault stall]
 """
@@ -91,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     prune.name = "disk-prune"
     backups.append(prune)
     backups.append(demo_upgrade())
+    backups.append(demo_report())
     ui = topology.PREFECT_API_URL.removesuffix("/api")
     runs = "\n".join(f"  {r.name:16s}{ui}/runs/flow-run/{r.id}" for r in backups)
     print(f"""
@@ -104,9 +107,9 @@ Where to look:
   Slack messages  curl -s http://{topology.STUB_HOST}:{topology.STUB_PORT}/_records
   the fleet       uv run python -m lab status
 
-The backups, the disk clean-up and the upgrade (each run's artifacts hold its audit record; the
-drill's its RTO/RPO report; disk-prune's every path it deleted, with its size; client-upgrade's
-its change request):
+The backups, the disk clean-up, the upgrade and the report (each run's artifacts hold its audit
+record; the drill's its RTO/RPO report; disk-prune's every path it deleted, with its size;
+client-upgrade's its change request; daily-report's the report and its tables):
 {runs}
 
 Stop everything with: make demo-down""")
@@ -163,6 +166,29 @@ def demo_upgrade():
     print(f"  {time.monotonic() - started:5.1f}s  client-upgrade {run.name}: {run.state.name}: "
           f"{outcome[-1]['detail'] if outcome else run.state.message}")
     run.name = "client-upgrade"
+    return run
+
+
+def demo_report():
+    """The MEV bot's real transactions on lab-eth today, then the day's report through the worker."""
+    from datetime import datetime, timezone
+
+    import psycopg
+
+    from blocks import Database
+    from lab import mevbot
+
+    with psycopg.connect(**Database.load(topology.BLOCK_DB).conninfo(), autocommit=True) as conn:
+        bot = mevbot.run(conn, topology.reference_url("lab-eth"), "lab-eth", topology.CHAINS["lab-eth"].chain_id,
+                         executions=12, seed=int(time.time()), mismatches=2)
+    print(f"\nthe lab's MEV bot sent {len(bot.executions)} transactions to lab-eth (coinbase transfers, reverts) and "
+          f"recorded them; {len(bot.seeded)} records made wrong on purpose: "
+          + ", ".join(f"{s['execution_id']} {s['field']}" for s in bot.seeded))
+    today = datetime.now(timezone.utc).date().isoformat()
+    run = demo_run("daily-report", {"day": today},
+                   f"daily at 00:15 UTC for yesterday, here for today: profit by chain and strategy from PostgreSQL, "
+                   f"receipts reconciled, uptime/latency from Prometheus, recoveries/backups/drills; charts to Slack, "
+                   f"report and Parquet to the store under reports/daily/{today}/")
     return run
 
 
