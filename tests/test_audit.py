@@ -6,6 +6,7 @@ processes appending to the same day file.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -26,6 +27,7 @@ from tasks.audit import (
     read_entries,
     render_markdown,
 )
+from tasks.audit.chain import verify
 from tasks.errors import AuditError
 from tasks.redaction import clear_secrets, redact, register_secret
 from tasks.vocabulary import ActionKind, EntryKind, Outcome
@@ -68,7 +70,7 @@ def test_a_run_is_written_as_one_json_line_per_entry_in_todays_file(audit_dir):
     ]
     assert [e["seq"] for e in entries] == list(range(1, 10))
     first = entries[0]
-    assert set(first) == {"ts", "seq", "run_id", "flow", "node", "kind", "data"}
+    assert set(first) == {"ts", "seq", "run_id", "flow", "node", "kind", "data", "prev"}
     assert first["run_id"] == "run-1" and first["flow"] == "restart_stalled_node" and first["node"] == "eth-a"
     assert datetime.fromisoformat(first["ts"]).tzinfo is not None
     action = entries[4]["data"]
@@ -132,6 +134,79 @@ def test_concurrent_writers_in_several_processes_produce_intact_lines(audit_dir)
         assert [e["data"]["i"] for e in mine] == list(range(per_writer))
         assert [e["seq"] for e in mine] == list(range(1, per_writer + 1))
         assert all(e["data"]["blob"] == f"w{k}" * 2000 for e in mine)
+    # Four processes, one chain: every record follows the one written before it.
+    report = verify(audit_dir)
+    assert report.ok and report.records == writers * per_writer and not report.notes, report
+
+
+def chained_trail(directory: Path) -> list[Path]:
+    """Two days of a few runs' records, written as runbooks write them."""
+    for day, run in ((datetime(2026, 12, 5, 23, 59, tzinfo=timezone.utc), "r1"),
+                     (datetime(2026, 12, 6, 0, 1, tzinfo=timezone.utc), "r2")):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr("tasks.audit.record._utcnow", lambda day=day: day)
+            a = AuditRecord(run, "node-recovery", node="eth-a", directory=directory)
+            a.started(trigger={"kind": "manual"}, parameters={"node": "eth-a"})
+            a.action("h1", "supervisorctl restart eth-a", 0, 0.4, action=ActionKind.restart)
+            a.outcome(Outcome.succeeded, "recovered")
+    return sorted(directory.glob("audit-*.jsonl"))
+
+
+def test_the_chain_holds_across_days_and_the_cli_says_so(audit_dir):
+    files = chained_trail(audit_dir)
+    assert len(files) == 2
+    report = verify(audit_dir)
+    assert report.ok and report.records == 6 and report.unchained == 0, report
+    first = json.loads(files[0].read_text().splitlines()[0])
+    assert first["prev"] == "0" * 64  # the chain starts here
+    second_day = json.loads(files[1].read_text().splitlines()[0])
+    assert second_day["prev"] == hashlib.sha256(files[0].read_bytes().splitlines()[-1]).hexdigest()
+    done = subprocess.run([sys.executable, "-m", "tasks.audit", "--dir", str(audit_dir), "verify"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "6 chained records checked" in done.stdout, done.stdout
+
+
+@pytest.mark.parametrize("file_index,line_index", [(0, 0), (0, 1), (0, 2), (1, 1), (1, 2)])
+def test_editing_any_byte_of_any_record_fails_verify_naming_it(audit_dir, file_index, line_index):
+    files = chained_trail(audit_dir)
+    lines = files[file_index].read_bytes().splitlines(keepends=True)
+    victim = json.loads(lines[line_index])
+    # One byte: a digit of the duration or exit code, the kind of edit that hides a failure.
+    changed = lines[line_index].replace(b'"exit_code":0', b'"exit_code":1') if b'"exit_code":0' in lines[line_index] \
+        else lines[line_index].replace(b'"seq":', b'"seq": ', 1)
+    assert changed != lines[line_index]
+    lines[line_index] = changed
+    files[file_index].write_bytes(b"".join(lines))
+    report = verify(audit_dir)
+    assert not report.ok
+    named = f"{files[file_index].name} line {line_index + 1} (run {victim['run_id']} seq {victim['seq']}"
+    assert any(named in p for p in report.problems), report.problems
+    done = subprocess.run([sys.executable, "-m", "tasks.audit", "--dir", str(audit_dir), "verify"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and named in done.stdout
+
+
+def test_a_removed_record_and_a_cut_off_end_are_found(audit_dir):
+    files = chained_trail(audit_dir)
+    lines = files[0].read_bytes().splitlines(keepends=True)
+    files[0].write_bytes(lines[0] + lines[2])  # the restart is gone
+    assert any(f"{files[0].name} line 1" in p for p in verify(audit_dir).problems)
+    files[0].write_bytes(b"".join(lines))
+    assert verify(audit_dir).ok
+    tail = files[1].read_bytes().splitlines(keepends=True)
+    files[1].write_bytes(b"".join(tail[:-1]))  # the newest outcome cut off
+    assert any("is not the one last written" in p for p in verify(audit_dir).problems)
+
+
+def test_a_writer_that_died_between_its_two_writes_is_a_note_not_tampering(audit_dir):
+    files = chained_trail(audit_dir)
+    lines = files[1].read_bytes().splitlines(keepends=True)
+    head = audit_dir / ".chain"
+    head.write_text(hashlib.sha256(lines[-2].rstrip(b"\n")).hexdigest())  # as if .chain never moved to the last
+    a = AuditRecord("r3", "node-recovery", directory=audit_dir)
+    a.note("the next run")
+    report = verify(audit_dir)
+    assert report.ok and len(report.notes) == 1 and "a writer died" in report.notes[0], report
 
 
 def test_reading_filters_by_run_node_kind_and_time(audit_dir):

@@ -14,7 +14,8 @@ as it is.
 - `record`: writing (`AuditRecord`, one per run).
 - `query`: reading (`read_entries`, and the questions guards ask of it).
 - `render`: the markdown story of one run.
-- `__main__`: `python -m tasks.audit show RUN_ID` / `tail`.
+- `chain`: the hash chain over every record, and `verify`.
+- `__main__`: `python -m tasks.audit show RUN_ID` / `tail` / `verify`.
 """
 
 from tasks.audit.files import AUDIT_DIR_ENV, DEFAULT_AUDIT_DIR, audit_dir, day_file, day_files

@@ -2,6 +2,7 @@
 
     python -m tasks.audit show RUN_ID      # markdown story of one run
     python -m tasks.audit tail [-n 20]     # the most recent entries
+    python -m tasks.audit verify           # the hash chain: exit 1 naming any edited or removed record
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sys
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from tasks.audit.chain import verify
 from tasks.audit.files import AUDIT_DIR_ENV, DEFAULT_AUDIT_DIR, audit_dir
 from tasks.audit.query import read_entries
 from tasks.audit.render import render_markdown
@@ -46,7 +48,19 @@ def main(argv: list[str] | None = None) -> int:
     tail.add_argument("--node")
     tail.add_argument("--kind")
     tail.add_argument("--days", type=int, default=2, help="how many days of files to scan (default 2)")
+    sub.add_parser("verify", help="check the hash chain of the whole trail; exit 1 naming what was changed")
     args = parser.parse_args(argv)
+
+    if args.command == "verify":
+        report = verify(audit_dir(args.dir))
+        for line in report.notes:
+            print(f"note: {line}")
+        for line in report.problems:
+            print(f"TAMPERED: {line}")
+        print(f"{report.records} chained records checked in {audit_dir(args.dir)}"
+              + (f", {report.unchained} from before chaining (not checkable)" if report.unchained else "")
+              + (": the chain holds" if report.ok else f": {len(report.problems)} problem(s)"))
+        return 0 if report.ok else 1
 
     if args.command == "show":
         since = datetime.now(timezone.utc) - timedelta(days=args.days) if args.days else None

@@ -6,6 +6,7 @@ and reading cannot disagree about them.
 
 from __future__ import annotations
 
+import fcntl
 import os
 from datetime import date, datetime, timezone
 from pathlib import Path
@@ -50,3 +51,30 @@ def day_files(since: datetime | None = None, directory: str | os.PathLike | None
         if day is not None and (first_day is None or day >= first_day):
             files.append((day, p))
     return [p for _, p in sorted(files)]
+
+
+def append_line(path: Path, line: bytes) -> None:
+    """Append one line durably: O_APPEND + flock + a single write + fsync."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    created = not path.exists()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            written = os.write(fd, line)
+            # A regular file takes the whole line in one write(); looping
+            # only guards against a short write (disk full is an error).
+            while written < len(line):
+                written += os.write(fd, line[written:])
+            os.fsync(fd)
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+    if created:
+        # Make the new file's directory entry durable too.
+        dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)

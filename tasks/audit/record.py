@@ -4,15 +4,16 @@ Each entry is one `write()` of one line to the UTC day's file opened with
 O_APPEND, under an exclusive `flock`, followed by `fsync`: concurrent
 writers from several processes never interleave, a crash loses at most the
 entry being written, and nothing is ever rewritten. Every entry passes
-through `tasks.redaction.redact` before it is written.
+through `tasks.redaction.redact` before it is written, and carries the
+hash of the entry before it (tasks/audit/chain.py), so `python -m
+tasks.audit verify` finds an edited or removed one.
 
-Entry: {ts, seq, run_id, flow, node, kind, data}; kinds and outcomes are
-the `tasks.vocabulary` enums, written as their string values.
+Entry: {ts, seq, run_id, flow, node, kind, data, prev}; kinds and outcomes
+are the `tasks.vocabulary` enums, written as their string values.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import threading
@@ -23,6 +24,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from tasks.audit.chain import append_chained
 from tasks.audit.files import AUDIT_DIR_ENV, as_utc, audit_dir, day_file
 from tasks.audit.query import read_entries
 from tasks.errors import AuditError
@@ -72,33 +74,6 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     return redact_text(str(obj))
-
-
-def _append_line(path: Path, line: bytes) -> None:
-    """Append one line durably: O_APPEND + flock + a single write + fsync."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    created = not path.exists()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        try:
-            written = os.write(fd, line)
-            # A regular file takes the whole line in one write(); looping
-            # only guards against a short write (disk full is an error).
-            while written < len(line):
-                written += os.write(fd, line[written:])
-            os.fsync(fd)
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
-    if created:
-        # Make the new file's directory entry durable too.
-        dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
 
 
 def _typed(enum: type[Enum], value: Any, what: str) -> str:
@@ -175,9 +150,12 @@ class AuditRecord:
             "kind": kind,
             "data": redact(data),
         }
+        def make_line(prev: str) -> bytes:
+            text = json.dumps({**entry, "prev": prev}, default=_json_default, ensure_ascii=False, separators=(",", ":"))
+            return (text + "\n").encode("utf-8")
+
         try:
-            line = json.dumps(entry, default=_json_default, ensure_ascii=False, separators=(",", ":"))
-            _append_line(day_file(now.date(), self.directory), (line + "\n").encode("utf-8"))
+            line = append_chained(self.directory, day_file(now.date(), self.directory), make_line)
         except (OSError, TypeError, ValueError) as exc:
             raise AuditError(
                 f"could not write the audit entry ({kind}) for run {self.run_id} to {self.directory}: {exc}. "
