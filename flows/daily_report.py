@@ -43,7 +43,7 @@ from blocks import Database
 from tasks import objectstore, report_charts, runbook, slack, trigger
 from tasks.approval import Plan
 from tasks.backups.store import open_store
-from tasks.errors import InvalidInput
+from tasks.errors import InvalidInput, NotificationError
 from tasks.escalation import Kind
 from tasks.guards import Resource
 from tasks.operations import Operations, day_operations, day_window
@@ -228,8 +228,13 @@ class DailyReport:
         if earlier.get("ts"):
             slack.delete_message(workspace, earlier["channel"], earlier["ts"], [f["id"] for f in earlier.get("files", [])])
             rb.audit.note("slack: the day's earlier report deleted", channel=earlier["channel"], ts=earlier["ts"])
-        answer = slack.post_with_files(workspace, text, [], [(name.split("/")[-1], data, name.split("/")[-1])
-                                                              for name, data in pictures.items()])
+        try:
+            answer = slack.post_with_files(workspace, text, [], [(name.split("/")[-1], data, name.split("/")[-1])
+                                                                  for name, data in pictures.items()])
+        except NotificationError as exc:  # the report is still made and stored; Slack's failure is on record
+            get_run_logger().warning("Slack: %s", exc)
+            rb.audit.note("slack report failed", error=str(exc))
+            return {"error": str(exc)}
         rb.audit.note("slack report posted", channel=answer.get("channel"), ts=answer.get("ts"),
                       files=len(answer.get("files", [])))
         return {"channel": answer.get("channel"), "ts": answer.get("ts"), "files": answer.get("files", [])}
