@@ -14,6 +14,7 @@ import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from tasks import audit as audit_mod
@@ -27,7 +28,9 @@ from tasks.audit import (
     read_entries,
     render_markdown,
 )
+from tasks.audit import postgres
 from tasks.audit.chain import verify
+from tests.postgres import postgres_server  # noqa: F401  (pytest fixture)
 from tasks.errors import AuditError
 from tasks.redaction import clear_secrets, redact, register_secret
 from tasks.vocabulary import ActionKind, EntryKind, Outcome
@@ -35,16 +38,91 @@ from tasks.vocabulary import ActionKind, EntryKind, Outcome
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def audit_dir(tmp_path, monkeypatch):
+class Trail:
+    """Where a test's records went: the day files (the default) or PostgreSQL (RUNBOOKS_AUDIT_DSN), read and
+    tampered with directly, beneath the code under test."""
+
+    def __init__(self, directory: Path, dsn: str | None) -> None:
+        self.dir, self.dsn = directory, dsn
+
+    def _rows(self) -> list[tuple[int, bytes]]:
+        with psycopg.connect(self.dsn) as conn:
+            return [(i, line.encode()) for i, line in conn.execute("SELECT id, line FROM audit_records ORDER BY id")]
+
+    def lines(self) -> list[bytes]:
+        """Every stored record, oldest first, exactly as stored (no newline)."""
+        if self.dsn:
+            return [line for _, line in self._rows()]
+        return [ln for f in sorted(self.dir.glob("audit-*.jsonl")) for ln in f.read_bytes().splitlines()]
+
+    def text(self) -> str:
+        return "\n".join(ln.decode() for ln in self.lines())
+
+    def place(self, index: int) -> str:
+        """How verify names the record at `index` (its file and line, or its row)."""
+        if self.dsn:
+            return f"audit_records id {self._rows()[index][0]}"
+        for f in sorted(self.dir.glob("audit-*.jsonl")):
+            n = len(f.read_bytes().splitlines())
+            if index < n:
+                return f"{f.name} line {index + 1}"
+            index -= n
+        raise IndexError(index)
+
+    def rewrite(self, index: int, line: bytes | None) -> None:
+        """Replace the record at `index` with `line`, or remove it (None)."""
+        if self.dsn:
+            row = self._rows()[index][0]
+            with psycopg.connect(self.dsn, autocommit=True) as conn:
+                if line is None:
+                    conn.execute("DELETE FROM audit_records WHERE id = %s", (row,))
+                else:
+                    conn.execute("UPDATE audit_records SET line = %s WHERE id = %s", (line.decode(), row))
+            return
+        for f in sorted(self.dir.glob("audit-*.jsonl")):
+            lines = f.read_bytes().splitlines(keepends=True)
+            if index < len(lines):
+                lines[index:index + 1] = [] if line is None else [line.rstrip(b"\n") + b"\n"]
+                f.write_bytes(b"".join(lines))
+                return
+            index -= len(lines)
+        raise IndexError(index)
+
+    def set_head(self, value: str) -> None:
+        if self.dsn:
+            with psycopg.connect(self.dsn, autocommit=True) as conn:
+                conn.execute("UPDATE audit_chain SET head = %s", (value,))
+        else:
+            (self.dir / ".chain").write_text(value)
+
+    def verify(self):
+        return postgres.verify() if self.dsn else verify(self.dir)
+
+
+@pytest.fixture(params=["files", "postgres"])
+def trail(request, tmp_path, monkeypatch):
+    """Each test runs against both stores: the day files, and PostgreSQL as several workers share it."""
     d = tmp_path / "audit"
     monkeypatch.setenv("RUNBOOKS_AUDIT_DIR", str(d))
-    yield d
+    dsn = None
+    if request.param == "postgres":
+        server = request.getfixturevalue("postgres_server")
+        dsn = server.dsn(server.create_database())
+        monkeypatch.setenv(postgres.AUDIT_DSN_ENV, dsn)
+    else:
+        monkeypatch.delenv(postgres.AUDIT_DSN_ENV, raising=False)
+    yield Trail(d, dsn)
     clear_secrets()
 
 
-def today_file(d: Path) -> Path:
-    return d / f"audit-{datetime.now(timezone.utc).date().isoformat()}.jsonl"
+@pytest.fixture
+def audit_dir(tmp_path, monkeypatch):
+    """The day files' own tests (which files are opened, a line broken by a crash): the default store only."""
+    d = tmp_path / "audit"
+    monkeypatch.setenv("RUNBOOKS_AUDIT_DIR", str(d))
+    monkeypatch.delenv(postgres.AUDIT_DSN_ENV, raising=False)
+    yield d
+    clear_secrets()
 
 
 def a_full_run(run_id: str = "run-1") -> AuditRecord:
@@ -61,9 +139,9 @@ def a_full_run(run_id: str = "run-1") -> AuditRecord:
     return a
 
 
-def test_a_run_is_written_as_one_json_line_per_entry_in_todays_file(audit_dir):
+def test_a_run_is_written_as_one_json_line_per_entry_in_todays_file(trail):
     a = a_full_run()
-    lines = today_file(audit_dir).read_text().splitlines()
+    lines = trail.lines()
     entries = [json.loads(ln) for ln in lines]
     assert [e["kind"] for e in entries] == [
         "started", "plan", "state", "guard", "action", "action", "state", "note", "outcome",
@@ -79,17 +157,17 @@ def test_a_run_is_written_as_one_json_line_per_entry_in_todays_file(audit_dir):
     assert a.entries() == entries
 
 
-def test_entries_are_only_ever_appended(audit_dir):
+def test_entries_are_only_ever_appended(trail):
     a = AuditRecord("run-append", "f")
     a.note("one")
     a.note("two")
-    before = today_file(audit_dir).read_bytes()
+    before = trail.lines()
     a.note("three")
-    after = today_file(audit_dir).read_bytes()
-    assert after.startswith(before) and after.count(b"\n") == 3
+    after = trail.lines()
+    assert after[:2] == before and len(after) == 3
 
 
-def test_a_run_continued_in_another_process_continues_its_sequence(audit_dir):
+def test_a_run_continued_in_another_process_continues_its_sequence(trail):
     a = AuditRecord("run-retry", "f")
     a.started("manual", {})
     a.note("attempt 1")
@@ -113,7 +191,7 @@ for i in range(n):
 """
 
 
-def test_concurrent_writers_in_several_processes_produce_intact_lines(audit_dir):
+def test_concurrent_writers_in_several_processes_produce_intact_lines(trail):
     writers, per_writer = 4, 150
     procs = [
         subprocess.Popen([sys.executable, "-c", WRITER, f"w{k}", str(per_writer)], cwd=ROOT, env=os.environ.copy())
@@ -126,7 +204,7 @@ def test_concurrent_writers_in_several_processes_produce_intact_lines(audit_dir)
         for p in procs:
             if p.poll() is None:
                 p.kill()
-    raw = today_file(audit_dir).read_text().splitlines()
+    raw = trail.lines()
     assert len(raw) == writers * per_writer
     entries = [json.loads(ln) for ln in raw]  # every line parses: nothing interleaved
     for k in range(writers):
@@ -135,77 +213,72 @@ def test_concurrent_writers_in_several_processes_produce_intact_lines(audit_dir)
         assert [e["seq"] for e in mine] == list(range(1, per_writer + 1))
         assert all(e["data"]["blob"] == f"w{k}" * 2000 for e in mine)
     # Four processes, one chain: every record follows the one written before it.
-    report = verify(audit_dir)
+    report = trail.verify()
     assert report.ok and report.records == writers * per_writer and not report.notes, report
 
 
-def chained_trail(directory: Path) -> list[Path]:
-    """Two days of a few runs' records, written as runbooks write them."""
+def chained_trail(trail: Trail) -> list[bytes]:
+    """Two days of a few runs' records, written as runbooks write them; the stored lines."""
     for day, run in ((datetime(2026, 12, 5, 23, 59, tzinfo=timezone.utc), "r1"),
                      (datetime(2026, 12, 6, 0, 1, tzinfo=timezone.utc), "r2")):
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr("tasks.audit.record._utcnow", lambda day=day: day)
-            a = AuditRecord(run, "node-recovery", node="eth-a", directory=directory)
+            a = AuditRecord(run, "node-recovery", node="eth-a")
             a.started(trigger={"kind": "manual"}, parameters={"node": "eth-a"})
             a.action("h1", "supervisorctl restart eth-a", 0, 0.4, action=ActionKind.restart)
             a.outcome(Outcome.succeeded, "recovered")
-    return sorted(directory.glob("audit-*.jsonl"))
+    return trail.lines()
 
 
-def test_the_chain_holds_across_days_and_the_cli_says_so(audit_dir):
-    files = chained_trail(audit_dir)
-    assert len(files) == 2
-    report = verify(audit_dir)
+def verify_cli() -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tasks.audit", "verify"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60, env=os.environ.copy())
+
+
+def test_the_chain_holds_across_days_and_the_cli_says_so(trail):
+    lines = chained_trail(trail)
+    report = trail.verify()
     assert report.ok and report.records == 6 and report.unchained == 0, report
-    first = json.loads(files[0].read_text().splitlines()[0])
-    assert first["prev"] == "0" * 64  # the chain starts here
-    second_day = json.loads(files[1].read_text().splitlines()[0])
-    assert second_day["prev"] == hashlib.sha256(files[0].read_bytes().splitlines()[-1]).hexdigest()
-    done = subprocess.run([sys.executable, "-m", "tasks.audit", "--dir", str(audit_dir), "verify"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
+    assert json.loads(lines[0])["prev"] == "0" * 64  # the chain starts here
+    # Each record carries the hash of the one before, across the day boundary (files: two day files).
+    assert all(json.loads(b)["prev"] == hashlib.sha256(a).hexdigest() for a, b in zip(lines, lines[1:]))
+    if not trail.dsn:
+        assert len(list(trail.dir.glob("audit-*.jsonl"))) == 2
+    done = verify_cli()
     assert done.returncode == 0 and "6 chained records checked" in done.stdout, done.stdout
 
 
-@pytest.mark.parametrize("file_index,line_index", [(0, 0), (0, 1), (0, 2), (1, 1), (1, 2)])
-def test_editing_any_byte_of_any_record_fails_verify_naming_it(audit_dir, file_index, line_index):
-    files = chained_trail(audit_dir)
-    lines = files[file_index].read_bytes().splitlines(keepends=True)
-    victim = json.loads(lines[line_index])
-    # One byte: a digit of the duration or exit code, the kind of edit that hides a failure.
-    changed = lines[line_index].replace(b'"exit_code":0', b'"exit_code":1') if b'"exit_code":0' in lines[line_index] \
-        else lines[line_index].replace(b'"seq":', b'"seq": ', 1)
-    assert changed != lines[line_index]
-    lines[line_index] = changed
-    files[file_index].write_bytes(b"".join(lines))
-    report = verify(audit_dir)
-    assert not report.ok
-    named = f"{files[file_index].name} line {line_index + 1} (run {victim['run_id']} seq {victim['seq']}"
-    assert any(named in p for p in report.problems), report.problems
-    done = subprocess.run([sys.executable, "-m", "tasks.audit", "--dir", str(audit_dir), "verify"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
+@pytest.mark.parametrize("index", range(6))
+def test_editing_any_byte_of_any_record_fails_verify_naming_it(trail, index):
+    lines = chained_trail(trail)
+    victim = json.loads(lines[index])
+    # One byte: an exit code, the kind of edit that hides a failure; else a space no parser minds.
+    changed = lines[index].replace(b'"exit_code":0', b'"exit_code":1') if b'"exit_code":0' in lines[index] \
+        else lines[index].replace(b'"seq":', b'"seq": ', 1)
+    assert changed != lines[index] and len(changed) - len(lines[index]) <= 1
+    place = trail.place(index)
+    trail.rewrite(index, changed)
+    report = trail.verify()
+    named = f"{place} (run {victim['run_id']} seq {victim['seq']}"
+    assert not report.ok and any(named in p for p in report.problems), report.problems
+    done = verify_cli()
     assert done.returncode == 1 and named in done.stdout
 
 
-def test_a_removed_record_and_a_cut_off_end_are_found(audit_dir):
-    files = chained_trail(audit_dir)
-    lines = files[0].read_bytes().splitlines(keepends=True)
-    files[0].write_bytes(lines[0] + lines[2])  # the restart is gone
-    assert any(f"{files[0].name} line 1" in p for p in verify(audit_dir).problems)
-    files[0].write_bytes(b"".join(lines))
-    assert verify(audit_dir).ok
-    tail = files[1].read_bytes().splitlines(keepends=True)
-    files[1].write_bytes(b"".join(tail[:-1]))  # the newest outcome cut off
-    assert any("is not the one last written" in p for p in verify(audit_dir).problems)
+def test_a_removed_record_and_a_cut_off_end_are_found(trail):
+    lines = chained_trail(trail)
+    first = trail.place(0)
+    trail.rewrite(1, None)  # the restart is gone
+    assert any(f"{first} (run r1 seq 1" in p for p in trail.verify().problems)
+    trail.rewrite(len(lines) - 2, None)  # and the newest outcome cut off
+    assert any("is not the one last written" in p for p in trail.verify().problems)
 
 
-def test_a_writer_that_died_between_its_two_writes_is_a_note_not_tampering(audit_dir):
-    files = chained_trail(audit_dir)
-    lines = files[1].read_bytes().splitlines(keepends=True)
-    head = audit_dir / ".chain"
-    head.write_text(hashlib.sha256(lines[-2].rstrip(b"\n")).hexdigest())  # as if .chain never moved to the last
-    a = AuditRecord("r3", "node-recovery", directory=audit_dir)
-    a.note("the next run")
-    report = verify(audit_dir)
+def test_a_writer_that_died_between_its_two_writes_is_a_note_not_tampering(trail):
+    lines = chained_trail(trail)
+    trail.set_head(hashlib.sha256(lines[-2]).hexdigest())  # as if the head never moved to the last record
+    AuditRecord("r3", "node-recovery").note("the next run")
+    report = trail.verify()
     assert report.ok and len(report.notes) == 1 and "a writer died" in report.notes[0], report
 
 
@@ -240,7 +313,7 @@ def test_day_files_before_since_are_not_even_opened(audit_dir):
     assert [f.name for f in files] == ["audit-2020-01-02.jsonl"]
 
 
-def test_registered_secrets_and_secret_named_fields_never_reach_the_file(audit_dir):
+def test_registered_secrets_and_secret_named_fields_never_reach_the_file(trail):
     register_secret("xoxb-1111-2222-abcdefSECRET")
     register_secret("-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAE\n-----END OPENSSH PRIVATE KEY-----\n")
     a = AuditRecord("run-secret", "f")
@@ -252,7 +325,7 @@ def test_registered_secrets_and_secret_named_fields_never_reach_the_file(audit_d
     a.action("h", "curl -H 'x: xoxb-1111-2222-abcdefSECRET' https://x", 0, 0.1,
              "token echoed: xoxb-1111-2222-abcdefSECRET", "b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAE")
     a.note("the key is xoxb-1111-2222-abcdefSECRET", extra=("xoxb-1111-2222-abcdefSECRET",))
-    raw = today_file(audit_dir).read_text()
+    raw = trail.text()
     for leaked in ("xoxb-1111-2222-abcdefSECRET", "abc.def.ghi", "plain-token-value", "pw-value-123", "kkkk",
                    "hunter2hunter2", "R0UTING", "b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAE"):
         assert leaked not in raw
@@ -266,7 +339,7 @@ def test_registered_secrets_and_secret_named_fields_never_reach_the_file(audit_d
     assert action["stdout_tail"] == "token echoed: ***"
 
 
-def test_redact_is_usable_on_its_own(audit_dir):
+def test_redact_is_usable_on_its_own(trail):
     register_secret("abcdef123456")
     assert redact({"msg": "x abcdef123456 y", "api_key": None, "list": ["abcdef123456"]}) == {
         "msg": "x *** y", "api_key": None, "list": ["***"],
@@ -275,7 +348,7 @@ def test_redact_is_usable_on_its_own(audit_dir):
     assert redact("abc") == "abc"
 
 
-def test_markdown_tells_the_story_of_one_run(audit_dir):
+def test_markdown_tells_the_story_of_one_run(trail):
     md = render_markdown(a_full_run().entries())
     assert md.startswith("# restart_stalled_node on `eth-a`")
     assert "**outcome: SUCCEEDED**" in md
@@ -290,7 +363,7 @@ def test_markdown_tells_the_story_of_one_run(audit_dir):
     assert render_markdown([]) == "_No audit entries._\n"
 
 
-def test_cli_shows_a_run_and_tails_the_trail(audit_dir):
+def test_cli_shows_a_run_and_tails_the_trail(trail):
     a_full_run("run-cli")
     env = os.environ.copy()
     show = subprocess.run([sys.executable, "-m", "tasks.audit", "show", "run-cli"], cwd=ROOT, env=env,
@@ -307,7 +380,7 @@ def test_cli_shows_a_run_and_tails_the_trail(audit_dir):
     assert missing.returncode == 1 and "no audit entries" in missing.stderr
 
 
-def test_bad_input_and_unwritable_trail_are_refused(audit_dir, tmp_path):
+def test_bad_input_and_unwritable_trail_are_refused(trail, tmp_path):
     a = AuditRecord("run-x", "f")
     with pytest.raises(ValueError, match="expected one of succeeded, failed"):
         a.outcome("done", "not a status")  # type: ignore[arg-type]
@@ -325,14 +398,14 @@ def test_bad_input_and_unwritable_trail_are_refused(audit_dir, tmp_path):
         broken.note("hello")
 
 
-def test_kinds_and_outcomes_are_written_as_their_plain_strings(audit_dir):
+def test_kinds_and_outcomes_are_written_as_their_plain_strings(trail):
     a = AuditRecord("run-typed", "node-recovery", node="eth-a")
     a.write(EntryKind.note, {"text": "typed"})
     a.action("h", "supervisorctl restart erigon", 0, 0.5, action=ActionKind.restart, step="restart", automatic=True)
     a.action("haproxy:127.0.0.1:1", "set weight be/s 7", 0, 0.01, action="set-weight")
     a.action("h", "uptime", 0, 0.01)
     a.outcome(Outcome.succeeded, "done")
-    raw = [json.loads(ln) for ln in today_file(audit_dir).read_text().splitlines()]
+    raw = [json.loads(ln) for ln in trail.lines()]
     assert [e["kind"] for e in raw] == ["note", "action", "action", "action", "outcome"]
     restart = raw[1]["data"]
     # The typed kind and the step tags are both there: the restart budget reads either.
@@ -342,7 +415,7 @@ def test_kinds_and_outcomes_are_written_as_their_plain_strings(audit_dir):
     assert raw[4]["data"]["status"] == "succeeded" and type(raw[4]["data"]["status"]) is str
 
 
-def test_a_dry_run_tells_what_it_would_have_done(audit_dir):
+def test_a_dry_run_tells_what_it_would_have_done(trail):
     a = AuditRecord("run-dry", "node-recovery", node="eth-a")
     a.started({"kind": "manual"}, {"node": "eth-a", "dry_run": True})
     a.plan(["drain eth-a", "restart erigon"])
@@ -362,13 +435,12 @@ def test_a_dry_run_tells_what_it_would_have_done(audit_dir):
     assert "## Approvals" in md and "alice" in md
 
 
-def test_guards_questions_are_answered_from_the_whole_trail(audit_dir):
+def test_guards_questions_are_answered_from_the_whole_trail(trail):
     old = datetime(2020, 1, 1, tzinfo=timezone.utc)
-    # Weeks-old circuit state lives in an old day file; a contains= read still finds it.
-    audit_dir.mkdir(parents=True)
-    audit_dir.joinpath("audit-2020-01-01.jsonl").write_text(json.dumps(
-        {"ts": old.isoformat(), "seq": 1, "run_id": "r0", "flow": "node-recovery", "node": "eth-a",
-         "kind": "guard", "data": {"name": "circuit-open", "reason": "budget spent"}}) + "\n")
+    # Weeks-old circuit state (an old day file, old rows); a contains= read still finds it.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("tasks.audit.record._utcnow", lambda: old)
+        AuditRecord("r0", "node-recovery", node="eth-a").guard("circuit-open", "budget spent")
     fleet = AuditRecord("run-fleet", "fleet-health")  # a run about no single node
     fleet.guard("circuit-open", "spent", node="eth-b")
     fleet.guard("chain-incident", "whole chain stalled", chain="eth")

@@ -8,13 +8,16 @@ have done), the state before and after, and how it ended.
 Storage is deliberately boring: JSON Lines, one file per UTC day
 (`audit-YYYY-MM-DD.jsonl`) in `$RUNBOOKS_AUDIT_DIR` (default `./audit`),
 only ever appended to. Ship the directory to WORM storage or a log pipeline
-as it is.
+as it is. With `RUNBOOKS_AUDIT_DSN` set, the same records go to one
+PostgreSQL table instead, shared by every worker (`postgres`). Either way
+every record carries the hash of the one before (`chain`).
 
 - `files`: where the trail lives (directory, day files).
 - `record`: writing (`AuditRecord`, one per run).
 - `query`: reading (`read_entries`, and the questions guards ask of it).
 - `render`: the markdown story of one run.
 - `chain`: the hash chain over every record, and `verify`.
+- `postgres`: the trail in PostgreSQL for several workers (`RUNBOOKS_AUDIT_DSN`).
 - `__main__`: `python -m tasks.audit show RUN_ID` / `tail` / `verify`.
 """
 

@@ -13,6 +13,7 @@ import sys
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from tasks.audit import postgres
 from tasks.audit.chain import verify
 from tasks.audit.files import AUDIT_DIR_ENV, DEFAULT_AUDIT_DIR, audit_dir
 from tasks.audit.query import read_entries
@@ -52,12 +53,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "verify":
-        report = verify(audit_dir(args.dir))
+        where = "the audit_records table" if postgres.dsn() and not args.dir else audit_dir(args.dir)
+        report = postgres.verify() if postgres.dsn() and not args.dir else verify(audit_dir(args.dir))
         for line in report.notes:
             print(f"note: {line}")
         for line in report.problems:
             print(f"TAMPERED: {line}")
-        print(f"{report.records} chained records checked in {audit_dir(args.dir)}"
+        print(f"{report.records} chained records checked in {where}"
               + (f", {report.unchained} from before chaining (not checkable)" if report.unchained else "")
               + (": the chain holds" if report.ok else f": {len(report.problems)} problem(s)"))
         return 0 if report.ok else 1

@@ -28,6 +28,7 @@ import fcntl
 import hashlib
 import json
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,52 +77,61 @@ class ChainReport:
         return not self.problems
 
 
-def _where(path: Path, lineno: int, line: bytes) -> str:
+def describe(place: str, line: bytes) -> str:
+    """`place` (file and line, or table row) with the record's run, seq, kind and time, for a report."""
     try:
         e = json.loads(line)
         who = f" (run {e.get('run_id')} seq {e.get('seq')}, {e.get('kind')} at {e.get('ts')})"
     except ValueError:
         who = " (not JSON)"
-    return f"{path.name} line {lineno}{who}"
+    return f"{place}{who}"
 
 
-def verify(directory: Path) -> ChainReport:
-    """Walk the chain over every day file in `directory`; see the module docstring."""
+def verify_records(records: Iterable[tuple[str, bytes]], head: str | None, head_name: str = CHAIN_FILE) -> ChainReport:
+    """Walk (place, exact line) pairs, oldest first, and the stored head; see the module docstring."""
     report = ChainReport()
     before_prev = prev = None  # hashes of the two records before the current one
     prev_where = ""
-    for path in day_files(directory=directory):
-        with path.open("rb") as f:
-            for lineno, raw in enumerate(f, 1):
-                if not raw.strip():
-                    continue
-                here = _where(path, lineno, raw)
-                try:
-                    claimed = json.loads(raw).get("prev")
-                except (ValueError, AttributeError):
-                    claimed = None
-                    report.problems.append(f"{here} is not a JSON record: it was changed or cut short")
-                if claimed is None and prev is None:
-                    report.unchained += 1
-                    continue
-                report.records += 1
-                expected = prev or GENESIS
-                if claimed == expected:
-                    pass
-                elif claimed is not None and claimed == before_prev:
-                    report.notes.append(f"{here} follows the record before {prev_where}: a writer died after "
-                                        f"writing {prev_where} and before recording it in {CHAIN_FILE}")
-                else:
-                    report.problems.append(
-                        f"{prev_where or 'the start of the chain'} was changed, or a record after it removed: "
-                        f"{here} records the hash {str(claimed)[:12]}..., it hashes to {expected[:12]}...")
-                before_prev, prev, prev_where = prev, line_hash(raw), here
-    head_file = directory / CHAIN_FILE
-    head = head_file.read_text().strip() if head_file.exists() else None
+    for place, raw in records:
+        if not raw.strip():
+            continue
+        here = describe(place, raw)
+        try:
+            claimed = json.loads(raw).get("prev")
+        except (ValueError, AttributeError):
+            claimed = None
+            report.problems.append(f"{here} is not a JSON record: it was changed or cut short")
+        if claimed is None and prev is None:
+            report.unchained += 1
+            continue
+        report.records += 1
+        expected = prev or GENESIS
+        if claimed == expected:
+            pass
+        elif claimed is not None and claimed == before_prev:
+            report.notes.append(f"{here} follows the record before {prev_where}: a writer died after "
+                                f"writing {prev_where} and before recording it in {head_name}")
+        else:
+            report.problems.append(
+                f"{prev_where or 'the start of the chain'} was changed, or a record after it removed: "
+                f"{here} records the hash {str(claimed)[:12]}..., it hashes to {expected[:12]}...")
+        before_prev, prev, prev_where = prev, line_hash(raw), here
     if prev is not None and head is not None and head != prev:
-        report.problems.append(f"the newest record, {prev_where}, is not the one last written ({CHAIN_FILE} "
+        report.problems.append(f"the newest record, {prev_where}, is not the one last written ({head_name} "
                                f"holds {head[:12]}..., it hashes to {prev[:12]}...): it was changed, or records "
                                "after it were removed")
     elif prev is not None and head is None:
-        report.problems.append(f"{CHAIN_FILE} is missing: the newest record, {prev_where}, cannot be checked")
+        report.problems.append(f"{head_name} is missing: the newest record, {prev_where}, cannot be checked")
     return report
+
+
+def verify(directory: Path) -> ChainReport:
+    """The chain over every day file in `directory` and its `.chain` head."""
+    def records() -> Iterator[tuple[str, bytes]]:
+        for path in day_files(directory=directory):
+            with path.open("rb") as f:
+                for lineno, raw in enumerate(f, 1):
+                    yield f"{path.name} line {lineno}", raw
+
+    head_file = directory / CHAIN_FILE
+    return verify_records(records(), head_file.read_text().strip() if head_file.exists() else None)

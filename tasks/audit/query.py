@@ -21,6 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from tasks.audit import postgres
 from tasks.audit.files import as_utc, day_files
 from tasks.vocabulary import ActionKind, EntryKind
 
@@ -100,20 +101,24 @@ def read_entries(
     if contains is not None:
         for text in [contains] if isinstance(contains, (str, bytes)) else contains:
             needles.append(text if isinstance(text, bytes) else text.encode("utf-8"))
+    if directory is None and postgres.dsn():
+        lines = postgres.read_lines(run_id, kinds, since_utc, until_utc, needles)
+        found: Iterable[Entry] = (e for e in map(json.loads, lines) if isinstance(e, dict))
+    else:
+        found = (e for path in day_files(since_utc, directory) for e in _iter_file(path, tuple(needles)))
     out = []
-    for path in day_files(since_utc, directory):
-        for e in _iter_file(path, tuple(needles)):
-            if run_id is not None and e.get("run_id") != run_id:
+    for e in found:
+        if run_id is not None and e.get("run_id") != run_id:
+            continue
+        if node is not None and e.get("node") != node:
+            continue
+        if kinds is not None and e.get("kind") not in kinds:
+            continue
+        if since_utc is not None or until_utc is not None:
+            t = entry_time(e)
+            if t is None or (since_utc and t < since_utc) or (until_utc and t > until_utc):
                 continue
-            if node is not None and e.get("node") != node:
-                continue
-            if kinds is not None and e.get("kind") not in kinds:
-                continue
-            if since_utc is not None or until_utc is not None:
-                t = entry_time(e)
-                if t is None or (since_utc and t < since_utc) or (until_utc and t > until_utc):
-                    continue
-            out.append(e)
+        out.append(e)
     return out
 
 

@@ -24,6 +24,9 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+import psycopg
+
+from tasks.audit import postgres
 from tasks.audit.chain import append_chained
 from tasks.audit.files import AUDIT_DIR_ENV, as_utc, audit_dir, day_file
 from tasks.audit.query import read_entries
@@ -114,9 +117,16 @@ class AuditRecord:
         self.flow = flow
         self.node = node
         self.directory = audit_dir(directory)
+        self.explicit_directory = directory is not None  # a directory given wins over RUNBOOKS_AUDIT_DSN
 
     def __repr__(self) -> str:
         return f"AuditRecord(run_id={self.run_id!r}, flow={self.flow!r}, node={self.node!r})"
+
+    @property
+    def _reads_from(self) -> Path | None:
+        """Where this record's own entries are read back from: its directory if one was given, else the default
+        store (RUNBOOKS_AUDIT_DSN's table when set, else the directory)."""
+        return self.directory if self.explicit_directory or not postgres.dsn() else None
 
     @property
     def _key(self) -> str:
@@ -128,7 +138,7 @@ class AuditRecord:
             if key not in _seq:
                 # Two day files cover a retry of a run that started yesterday.
                 earlier = read_entries(
-                    run_id=self.run_id, since=now - timedelta(days=1), directory=self.directory
+                    run_id=self.run_id, since=now - timedelta(days=1), directory=self._reads_from
                 )
                 _seq[key] = max((e.get("seq", 0) for e in earlier), default=0)
                 _first_seen[key] = (
@@ -155,11 +165,14 @@ class AuditRecord:
             return (text + "\n").encode("utf-8")
 
         try:
-            line = append_chained(self.directory, day_file(now.date(), self.directory), make_line)
-        except (OSError, TypeError, ValueError) as exc:
+            if self._reads_from is None:
+                line = postgres.append_chained(make_line)
+            else:
+                line = append_chained(self.directory, day_file(now.date(), self.directory), make_line)
+        except (OSError, TypeError, ValueError, psycopg.Error) as exc:
             raise AuditError(
                 f"could not write the audit entry ({kind}) for run {self.run_id} to {self.directory}: {exc}. "
-                f"Fix the audit directory ({AUDIT_DIR_ENV}) before running runbooks."
+                f"Fix the audit directory ({AUDIT_DIR_ENV}) or database ({postgres.AUDIT_DSN_ENV}) before running runbooks."
             ) from exc
         return json.loads(line)
 
@@ -234,4 +247,4 @@ class AuditRecord:
     def entries(self) -> list[dict[str, Any]]:
         """Every entry of this run written so far (including earlier attempts seen at start)."""
         since = _first_seen.get(self._key)
-        return read_entries(run_id=self.run_id, since=since, directory=self.directory)
+        return read_entries(run_id=self.run_id, since=since, directory=self._reads_from)
