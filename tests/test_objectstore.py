@@ -212,3 +212,12 @@ def test_the_block_refuses_credentials_in_the_url_two_key_sources_and_odd_prefix
     block = s3_server.store(prefix="fleet-eu/", encryption_key="cd" * 32)
     assert block.encryption_key_text() == "cd" * 32 and "cd" * 32 not in repr(block)
     assert s3_server.store().encryption_key_text() is None
+
+
+def test_parts_start_small_and_grow_so_ten_thousand_hold_half_a_terabyte():
+    largest = 64 * MiB
+    sizes = [objectstore.part_size_for(n, largest) for n in range(1, objectstore.MAX_PARTS + 1)]
+    assert sizes[0] == sizes[999] == 8 * MiB and sizes[1000] == 16 * MiB and sizes[2000] == 32 * MiB
+    assert set(sizes[3000:]) == {largest}
+    assert sum(sizes) == 504 * 1024 * MiB  # the largest stream one backup object can be at 64 MiB parts
+    assert objectstore.part_size_for(1, 5 * MiB) == 5 * MiB  # a block's smaller part size is the cap
