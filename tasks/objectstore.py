@@ -50,7 +50,7 @@ MiB = 1024 * 1024
 MIN_PART_SIZE = 5 * MiB  # S3's floor for every part but the last
 MAX_PARTS = 10_000  # S3's ceiling: the part size decides the largest object
 FIRST_PART = 8 * MiB  # overlap starts after 8 MiB read, not after a whole 64 MiB part
-PARTS_PER_STEP = 1000  # then 16, 32, 64 MiB ... up to the block's part size
+PARTS_PER_STEP = 250  # then 16, 32, 64 MiB ... up to the block's part size (8 MiB parts for the first 2 GB)
 IN_FLIGHT = 2  # parts sent at once while the next is read: the store's and SSH's work overlap
 COPY_CHUNK = 1 * MiB  # download reads; small enough not to matter, large enough to be fast
 
@@ -191,7 +191,7 @@ def upload(store: ObjectStore, key: str, stream: IO[bytes], *, part_size: int | 
 def part_size_for(number: int, largest: int) -> int:
     """The size of part `number` (from 1): FIRST_PART, doubling every PARTS_PER_STEP parts, at most `largest`.
 
-    With 64 MiB parts at most, 10,000 parts hold 504 GiB."""
+    With 64 MiB parts at most, 10,000 parts hold 592 GiB (fixed 64 MiB parts: 625 GiB)."""
     return min(largest, FIRST_PART << min((number - 1) // PARTS_PER_STEP, 16))
 
 

@@ -214,10 +214,10 @@ def test_the_block_refuses_credentials_in_the_url_two_key_sources_and_odd_prefix
     assert s3_server.store().encryption_key_text() is None
 
 
-def test_parts_start_small_and_grow_so_ten_thousand_hold_half_a_terabyte():
+def test_parts_start_small_and_grow_so_ten_thousand_hold_nearly_what_fixed_parts_would():
     largest = 64 * MiB
     sizes = [objectstore.part_size_for(n, largest) for n in range(1, objectstore.MAX_PARTS + 1)]
-    assert sizes[0] == sizes[999] == 8 * MiB and sizes[1000] == 16 * MiB and sizes[2000] == 32 * MiB
-    assert set(sizes[3000:]) == {largest}
-    assert sum(sizes) == 504 * 1024 * MiB  # the largest stream one backup object can be at 64 MiB parts
+    assert sizes[0] == sizes[249] == 8 * MiB and sizes[250] == 16 * MiB and sizes[500] == 32 * MiB
+    assert set(sizes[750:]) == {largest}
+    assert sum(sizes) == 606_000 * MiB  # 592 GiB, the largest object at 64 MiB parts (fixed parts: 625 GiB)
     assert objectstore.part_size_for(1, 5 * MiB) == 5 * MiB  # a block's smaller part size is the cap
