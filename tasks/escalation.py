@@ -12,6 +12,7 @@
 | P2       | `run-failed`: a mutating run failed on an error nobody planned   | yes   | page, error      |
 | P2       | `upgrade-failed`: a node failed its upgrade and was rolled back  | yes   | page, error      |
 | P2       | `disk-full`: safe clean-ups left a disk past its critical mark   | yes   | page, error      |
+| P2       | `audit-changed`: audit records changed after they were exported  | yes   | page, error      |
 | P2       | `profit-loss`: an hour lost $1k-10k (daily report)               | yes   | page, error      |
 | P3       | `lagging`, `warning`: degraded, automation is handling it        | yes   | no               |
 | P3       | `profit-low`: an hour earned under $1k (daily report)            | yes   | no               |
@@ -81,6 +82,7 @@ class Kind:
     RUN_FAILED = "run-failed"
     BACKUP_FAILED = "backup-failed"  # a backup that is missing, corrupt or does not restore
     UPGRADE_FAILED = "upgrade-failed"  # a node failed its upgrade (rolled back, or not: then not-recovered too)
+    AUDIT_CHANGED = "audit-changed"  # the trail no longer matches its exported copy: edited or removed records
     DISK_FULL = "disk-full"  # safe clean-ups could not bring a disk under its critical mark
     DISK_OVER_TARGET = "disk-over-target"  # under critical, still over target: heavy pruning needs a human
     PROFIT_LOSS_MAJOR = "profit-loss-major"  # the seeds' thresholds: over $10k lost in an hour
@@ -100,6 +102,7 @@ _BY_KIND = {
     Kind.RUN_FAILED: Priority.P2,
     Kind.BACKUP_FAILED: Priority.P2,
     Kind.UPGRADE_FAILED: Priority.P2,
+    Kind.AUDIT_CHANGED: Priority.P2,
     Kind.DISK_FULL: Priority.P2,
     Kind.DISK_OVER_TARGET: Priority.P3,
     Kind.PROFIT_LOSS_MAJOR: Priority.P1,

@@ -102,6 +102,13 @@ def read_lines(run_id: str | None, kinds: set[str] | None, since: datetime | Non
     return [row[0].encode() for row in _conn().execute(sql, args)]
 
 
+def days_before(before: datetime) -> list:
+    """The UTC days before `before` that hold records, oldest first."""
+    rows = _conn().execute("SELECT DISTINCT (ts AT TIME ZONE 'UTC')::date FROM audit_records WHERE ts < %s ORDER BY 1",
+                           (before,)).fetchall()
+    return [r[0] for r in rows]
+
+
 def verify() -> ChainReport:
     conn = _conn()
     with conn.transaction():
