@@ -5,6 +5,8 @@ Triggers in prefect.yaml match on these names and labels; keep them here only.
 
 from __future__ import annotations
 
+import time
+
 from tasks import prefect_api
 from tasks.prefect_api import API_TIMEOUT_S
 
@@ -51,10 +53,22 @@ def _events(filter_: dict, limit: int = 50, timeout: float = API_TIMEOUT_S) -> l
     return response.json().get("events", [])
 
 
-def read_event(event_id: str) -> dict | None:
-    """The event that started a run (events land in the server within ~1 s)."""
-    found = _events({"id": {"id": [event_id]}, "occurred": {"since": "2000-01-01T00:00:00Z"}}, limit=1)
-    return found[0] if found else None
+EVENT_WAIT_S = 10.0  # how long a triggered run waits for its event to be readable
+
+
+def read_event(event_id: str, wait_s: float = EVENT_WAIT_S) -> dict | None:
+    """The event that started a run, waiting up to `wait_s` for it to be stored.
+
+    A trigger fires from the server's event stream, and the event is written to
+    the database in batches beside it: on a busy server the run can start
+    before its event is readable (seen in the suite: a run started by
+    DiskFilling recorded as started by an unknown event, its alert lost)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        found = _events({"id": {"id": [event_id]}, "occurred": {"since": "2000-01-01T00:00:00Z"}}, limit=1)
+        if found or time.monotonic() >= deadline:
+            return found[0] if found else None
+        time.sleep(0.25)
 
 
 def alert_resolved_after(alert_event: dict) -> bool:

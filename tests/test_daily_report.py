@@ -145,8 +145,8 @@ def test_slack_holds_the_message_with_its_charts_and_the_store_the_days_folder(r
 def test_an_hour_that_lost_over_1k_escalates_p2_with_a_page(reported):
     posts = [r["body"].get("text", "") for r in lab.stub_records("slack") if r["path"] == "/api/chat.postMessage"]
     assert any(p.startswith("[P2] mev-profit:") and "under the profit thresholds" in p for p in posts), posts
-    pages = [r["body"] for r in lab.stub_records("pagerduty")]
-    assert any(p["payload"]["severity"] == "error" and "mev-profit" in p["payload"]["summary"] for p in pages), pages
+    triggers = [r["body"]["payload"] for r in lab.stub_records("pagerduty") if r["body"].get("event_action") == "trigger"]
+    assert any(p["severity"] == "error" and "mev-profit" in p["summary"] for p in triggers), triggers
 
 
 def test_rerunning_the_day_replaces_its_report_in_the_store_and_on_slack(reported):

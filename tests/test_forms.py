@@ -63,8 +63,8 @@ def bounded(prop: dict) -> bool:
     kind = prop.get("type")
     if kind in ("boolean", "null") or "enum" in prop:
         return True
-    if kind == "string":
-        return "maxLength" in prop or "pattern" in prop
+    if kind == "string":  # a date is parsed as one, never kept as the text given
+        return "maxLength" in prop or "pattern" in prop or prop.get("format") in ("date", "date-time")
     if kind in ("integer", "number"):
         return ("minimum" in prop or "exclusiveMinimum" in prop) and ("maximum" in prop or "exclusiveMaximum" in prop)
     if kind == "array":
