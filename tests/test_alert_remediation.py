@@ -128,16 +128,17 @@ def test_a_flapping_node_is_restarted_within_budget_then_escalated_once_and_left
     assert budget.max_restarts == 3
     before = fleet.spawns(node)
 
-    def flap() -> dict:
+    def flap(backoff_s: float = 0.0) -> dict:
         if not fleet.node(node)["fault"]:  # a refused run leaves it stalled
             lab.fault(node, "stall")
         fleet.wait_status(node, {"stalled"})
         event = emit_event(event=NODE_UNHEALTHY, resource=node_resource(node, "lab-op", "stalled"),
                            payload={"problem": "stalled"})
-        time.sleep(max(budget.backoff_seconds))  # never refused for back-off alone in this test
+        time.sleep(backoff_s)  # the back-off this restart needs after the last: never refused for back-off alone
         return node_recovery(node=node, reason="stalled", trigger_event_id=str(event.id))
 
-    results = [flap() for _ in range(budget.max_restarts)]
+    waits = [budget.backoff_seconds[min(n, len(budget.backoff_seconds) - 1)] for n in range(budget.max_restarts)]
+    results = [flap(wait) for wait in waits]
     assert [r["outcome"] for r in results] == ["recovered"] * budget.max_restarts
     assert fleet.spawns(node) == before + budget.max_restarts
 
