@@ -26,7 +26,6 @@ makes the artifacts, and posts, stores and escalates nothing.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import io
 import json
@@ -47,9 +46,8 @@ from tasks.errors import InvalidInput, NotificationError
 from tasks.escalation import Kind
 from tasks.guards import Resource
 from tasks.operations import Operations, day_operations, day_window
-from tasks.probes.targets import node_target, reference_targets
 from tasks.profit import DayProfit, day_profit
-from tasks.receipts import Reconciliation, Recorded, fetch_receipts, reconcile
+from tasks.receipts import Reconciliation, reconcile_day
 from tasks.redaction import register_secret
 from tasks.report_render import markdown, slack_text, success_by_strategy
 from tasks.report_store import day_prefix, parquet_bytes, store_day_report
@@ -61,53 +59,8 @@ ESCALATION_TARGET = "mev-profit"
 KIND_BY_SEVERITY = {"P1": Kind.PROFIT_LOSS_MAJOR, "P2": Kind.PROFIT_LOSS, "P3": Kind.PROFIT_LOW}
 SLACK_RECORD = "slack.json"
 
-# A stable sample: the same executions are checked on every re-run of a day (md5 of the id orders them).
-SAMPLE = """
-SELECT id, chain, '0x' || encode(tx_hash, 'hex'), status, gas_used, effective_gas_price FROM (
-  SELECT e.*, row_number() OVER (PARTITION BY e.chain ORDER BY md5(e.id::text)) AS n
-    FROM executions e JOIN chains c ON c.chain = e.chain
-   WHERE e.submitted_at >= %(lo)s AND e.submitted_at < %(hi)s AND e.status IN ('included', 'reverted')
-     AND e.tx_hash IS NOT NULL AND e.gas_used IS NOT NULL AND e.effective_gas_price IS NOT NULL
-     AND c.chain_id = %(chain_id)s) s
- WHERE n <= %(n)s ORDER BY id
-"""
-
-
 def _utcnow() -> datetime:
     return datetime.now(timezone.utc)
-
-
-def sample(conn: psycopg.Connection, chain_id: int, lo: datetime, hi: datetime, n: int) -> list[Recorded]:
-    with conn.transaction():
-        conn.execute("SET TRANSACTION READ ONLY")
-        rows = conn.execute(SAMPLE, {"lo": lo, "hi": hi, "chain_id": chain_id, "n": n}).fetchall()
-    return [Recorded(i, c, h, s, int(g), int(p)) for i, c, h, s, g, p in rows]
-
-
-def reconcile_day(conn: psycopg.Connection, inventory, lo: datetime, hi: datetime, n: int) -> Reconciliation:
-    """Each database chain with a chain id the inventory knows: its sample against its endpoints' receipts."""
-    ids = dict(conn.execute("SELECT chain, chain_id FROM chains").fetchall())
-    by_id = {c.chain_id: name for name, c in inventory.chains.items() if c.chain_id is not None}
-    result = Reconciliation()
-    active = conn.execute("SELECT DISTINCT chain FROM executions WHERE submitted_at >= %s AND submitted_at < %s "
-                          "AND status IN ('included', 'reverted')", (lo, hi)).fetchall()
-    for (db_chain,) in active:
-        inv_chain = by_id.get(ids.get(db_chain))
-        if inv_chain is None:
-            result.not_reconciled[db_chain] = (f"no chain with chain_id {ids.get(db_chain)} in the inventory: "
-                                               "no endpoint to ask")
-            continue
-        records = sample(conn, ids[db_chain], lo, hi, n)
-        targets = reference_targets(inv_chain, inventory.chains[inv_chain]) + [
-            node_target(name, inventory.nodes[name]) for name in inventory.nodes_on_chain(inv_chain)]
-        part = reconcile(records, asyncio.run(fetch_receipts(targets, [r.tx_hash for r in records])))
-        result.checked += part.checked
-        result.confirmed += part.confirmed
-        result.mismatches += part.mismatches
-        result.disagreements += part.disagreements
-        result.unverified += part.unverified
-        result.unreachable |= part.unreachable
-    return result
 
 
 def charts(profit: DayProfit, ops: Operations) -> dict[str, bytes]:

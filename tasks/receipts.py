@@ -1,8 +1,9 @@
 """Reconciliation: what the MEV bot recorded against what the chain says.
 
 The bot writes its executions to the database from its own view (the
-receipt it saw, or thought it saw). The daily report checks a bounded
-sample of the day's landed executions against the chain: for every
+receipt it saw, or thought it saw). The daily report checks a bounded,
+stable sample of the day's landed executions (`reconcile_day`; database
+chains matched to the inventory's by chain id) against the chain: for every
 endpoint of the chain (its references and the fleet's nodes, from the
 inventory) ONE JSON-RPC batch of `eth_getTransactionReceipt`, all
 endpoints at once, through the probes' transport (timeouts, a cap on the
@@ -25,12 +26,14 @@ import asyncio
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import httpx
+import psycopg
 
 from tasks.probes.model import DEFAULT_TIMEOUTS, ProbeTarget, Timeouts
-from tasks.probes.targets import checked_target
+from tasks.probes.targets import checked_target, node_target, reference_targets
 from tasks.probes.transport import JSON_HEADERS, request, transport_error
 
 MAX_SAMPLE = 2000  # hashes per batch: a receipt with logs is a few KiB, so a batch stays under the cap
@@ -143,4 +146,51 @@ def reconcile(records: Sequence[Recorded], answers: dict[str, dict[str, dict | N
                  for name in COMPARED if getattr(r, name) != chain_view[name]]
         result.mismatches += wrong
         result.confirmed += not wrong
+    return result
+
+
+# ------------------------------------------------------------------ the day's sample, from the database
+
+# A stable sample: the same executions are checked on every re-run of a day (md5 of the id orders them).
+SAMPLE = """
+SELECT id, chain, '0x' || encode(tx_hash, 'hex'), status, gas_used, effective_gas_price FROM (
+  SELECT e.*, row_number() OVER (PARTITION BY e.chain ORDER BY md5(e.id::text)) AS n
+    FROM executions e JOIN chains c ON c.chain = e.chain
+   WHERE e.submitted_at >= %(lo)s AND e.submitted_at < %(hi)s AND e.status IN ('included', 'reverted')
+     AND e.tx_hash IS NOT NULL AND e.gas_used IS NOT NULL AND e.effective_gas_price IS NOT NULL
+     AND c.chain_id = %(chain_id)s) s
+ WHERE n <= %(n)s ORDER BY id
+"""
+
+
+def sample(conn: psycopg.Connection, chain_id: int, lo: datetime, hi: datetime, n: int) -> list[Recorded]:
+    with conn.transaction():
+        conn.execute("SET TRANSACTION READ ONLY")
+        rows = conn.execute(SAMPLE, {"lo": lo, "hi": hi, "chain_id": chain_id, "n": n}).fetchall()
+    return [Recorded(i, c, h, s, int(g), int(p)) for i, c, h, s, g, p in rows]
+
+
+def reconcile_day(conn: psycopg.Connection, inventory, lo: datetime, hi: datetime, n: int) -> Reconciliation:
+    """Each database chain with a chain id the inventory knows: its sample against its endpoints' receipts."""
+    ids = dict(conn.execute("SELECT chain, chain_id FROM chains").fetchall())
+    by_id = {c.chain_id: name for name, c in inventory.chains.items() if c.chain_id is not None}
+    result = Reconciliation()
+    active = conn.execute("SELECT DISTINCT chain FROM executions WHERE submitted_at >= %s AND submitted_at < %s "
+                          "AND status IN ('included', 'reverted')", (lo, hi)).fetchall()
+    for (db_chain,) in active:
+        inv_chain = by_id.get(ids.get(db_chain))
+        if inv_chain is None:
+            result.not_reconciled[db_chain] = (f"no chain with chain_id {ids.get(db_chain)} in the inventory: "
+                                               "no endpoint to ask")
+            continue
+        records = sample(conn, ids[db_chain], lo, hi, n)
+        targets = reference_targets(inv_chain, inventory.chains[inv_chain]) + [
+            node_target(name, inventory.nodes[name]) for name in inventory.nodes_on_chain(inv_chain)]
+        part = reconcile(records, asyncio.run(fetch_receipts(targets, [r.tx_hash for r in records])))
+        result.checked += part.checked
+        result.confirmed += part.confirmed
+        result.mismatches += part.mismatches
+        result.disagreements += part.disagreements
+        result.unverified += part.unverified
+        result.unreachable |= part.unreachable
     return result

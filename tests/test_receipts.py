@@ -98,3 +98,26 @@ def test_endpoints_that_hold_different_receipts_are_reported_as_disagreeing(bot_
     result = reconcile(records, {"ref": answers["ref"], "forked": twisted})
     assert len(result.disagreements) == len(records)
     assert result.mismatches == []  # the first endpoint holding it stands for the chain: the bot agrees with it
+
+
+def test_the_days_sample_is_matched_to_the_inventorys_chains_by_chain_id(bot_day, anvil):
+    from datetime import datetime, timezone
+
+    from inventory import Inventory
+    from tasks.receipts import reconcile_day
+
+    dsn, done = bot_day
+    inventory = Inventory.model_validate({"chains": {"lab-eth": {"family": "ethereum", "chain_id": 31337,
+                                                                 "references": [anvil]}},
+                                          "hosts": {}, "nodes": {}})
+    today = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        bots = reconcile_day(conn, inventory, today, today + timedelta(days=1), n=200)
+        generated = reconcile_day(conn, inventory, today - timedelta(days=1), today, n=200)
+        small = reconcile_day(conn, inventory, today, today + timedelta(days=1), n=5)
+    assert sorted((m["execution_id"], m["field"]) for m in bots.mismatches) == \
+        sorted((s["execution_id"], s["field"]) for s in done.seeded)
+    assert bots.checked == 12 and not bots.not_reconciled
+    # Yesterday's generated chains (ethereum, base, ...) have no endpoint in this inventory: said, not mismatched.
+    assert set(generated.not_reconciled) == {c.name for c in mevdb.CHAINS} and generated.checked == 0
+    assert small.checked == 5  # the sample is bounded per chain
