@@ -14,11 +14,18 @@ import time
 import lab
 from flows.node_recovery import node_recovery
 from flows.rotation import hold_node, release_node
+from tasks.audit import read_entries
 from tests import fleet
 
 HOST_NODES = ("eth-a", "op-a")  # both on h1
 HELD = "op-a"
 SOAK_S = 30  # prefect.yaml's reconcile parameters
+
+
+def returned(run) -> list[str]:
+    """The nodes a finished reconcile pass put back in rotation (its return-to-service runs)."""
+    return sorted(e["data"]["parameters"]["node"] for e in read_entries(kind="started")
+                  if e["flow"] == "return-to-service" and e["data"]["trigger"].get("parent_run") == str(run.id))
 
 
 def pages(node: str) -> list[str]:
@@ -49,18 +56,22 @@ def _heal_and_wait(held: dict) -> None:
     assert fleet.outcome(fleet.run_entries(refused))["result"] == "on-hold", fleet.run_entries(refused)[-1]
 
     lab.heal("eth-a")
-    healed = time.monotonic()
+    healed, healed_at = time.monotonic(), time.time()
     for node in HOST_NODES:
         fleet.wait_status(node, {"healthy", "out-of-rotation"})
     with fleet.one_automation_on(schedule="reconcile/reconcile"):
         fleet.wait_for(lambda: fleet.server("eth-a").admin_state == "ready", SOAK_S + 60, interval=1,
                        what="eth-a back in rotation with no human action")
         back_after = time.monotonic() - healed
-        # Another full pass (soak included) after that: the held node is still left out.
-        since = time.time()
-        [done] = fleet.wait_for(lambda: [r for r in fleet.flow_runs("reconcile", since) if r.state and r.state.is_final()][:1],
-                                SOAK_S + 60, interval=1, what="one more reconcile pass")
+        # The very pass that returned eth-a looked at op-a too (both healed with h1, so both soaked the same
+        # time) and left it out because it is held: its own record says so, and HAProxy agrees.
+        [done] = fleet.wait_for(lambda: [r for r in fleet.flow_runs("reconcile", healed_at)
+                                         if r.state and r.state.is_final() and returned(r) == ["eth-a"]][:1],
+                                60, interval=1, what="the reconcile pass that returned eth-a to end")
         assert done.state.is_completed(), done.state
+        [seen] = [e["data"]["data"] for e in read_entries(run_id=str(done.id), kind="state")
+                  if e["data"]["label"] == "out-of-rotation"]
+        assert HELD in seen["on hold"] and HELD not in seen["nodes"], seen
         assert fleet.server(HELD).admin_state == "drain"
     assert back_after < SOAK_S + 60
     assert fleet.status_of("eth-a") == "healthy"
