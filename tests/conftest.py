@@ -178,11 +178,25 @@ class _EarlyLab:
         self.thread.join()
         try:
             if not self.was_up:
+                _send_prefect_logs_and_events()
                 lab_api.down(log=lambda *_: None)
         finally:
             if self.lock_file is not None:
                 fcntl.flock(self.lock_file, fcntl.LOCK_UN)
                 self.lock_file.close()
+
+
+def _send_prefect_logs_and_events() -> None:
+    """Send what in-process flow runs still queue for the lab's Prefect server while it is up: at exit,
+    with the server gone, Prefect retried them for about a minute ("All connection attempts failed")."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        try:
+            worker.drain_all(timeout=15, at_exit=False)
+        except Exception:  # noqa: BLE001 - a log not sent must not fail the suite
+            pass
 
 
 _EARLY_LAB = _EarlyLab()
