@@ -12,7 +12,9 @@ from . import topology as t
 # systemd: tests boot it as PID 1 of its own namespaces (lab/systemd.py) to drive the systemd adapter.
 APT_PACKAGES = ["openssh-server", "supervisor", "haproxy", "prometheus", "prometheus-alertmanager", "iproute2", "systemd",
                 # backups: the MEV database server and its client tools, and zstd for the archives
-                "postgresql-15", "postgresql-client-15", "zstd"]
+                "postgresql-15", "postgresql-client-15", "zstd",
+                # the UI tests' browser (Playwright drives the system Chromium: no browser downloads here)
+                "chromium"]
 POLICY_RC_D = Path("/usr/sbin/policy-rc.d")
 
 

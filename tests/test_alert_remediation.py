@@ -87,6 +87,7 @@ def alerts_on(healthy_fleet):
 
 def test_a_stalled_node_is_alerted_on_and_recovered_with_no_human_action(alerts_on):
     node = "eth-a"
+    fleet.fresh_restart_budget(node)
     before = fleet.spawns(node)
     fault_at = time.time()
     lab.fault(node, "stall")
@@ -106,6 +107,7 @@ def test_a_stalled_node_is_alerted_on_and_recovered_with_no_human_action(alerts_
 
 def test_an_alert_storm_for_one_node_restarts_it_exactly_once(alerts_on):
     node = "eth-b"
+    fleet.fresh_restart_budget(node)
     lab.fault(node, "stall")
     fleet.wait_status(node, {"stalled"})
     before = fleet.spawns(node)
@@ -257,6 +259,7 @@ def test_an_operators_rule_that_names_the_node_only_by_instance_recovers_it(aler
     from tasks.events import read_event
 
     node = "eth-c"
+    fleet.fresh_restart_budget(node)
     before = fleet.spawns(node)
     fault_at = time.time()
     with fleet.alerts_silenced(node):  # our own NodeDown names the node: only the operator's rule may act

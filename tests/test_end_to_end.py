@@ -17,6 +17,7 @@ RESULTS = Path(__file__).resolve().parent.parent / "bench" / "results" / "end_to
 
 def test_a_stalled_node_is_found_on_schedule_and_fixed_by_the_triggered_runbook(healthy_fleet):
     node = "eth-c"
+    fleet.fresh_restart_budget(node)
     fault_at = time.time()
     lab.fault(node, "stall")
     # Prometheus would alert on the stall first; this test is about the schedule.
@@ -27,6 +28,7 @@ def test_a_stalled_node_is_found_on_schedule_and_fixed_by_the_triggered_runbook(
             timeout=240, interval=1, what=f"a finished node-recovery run for {node}",
         )
         assert run.state.is_completed(), run.state.message
+        assert fleet.outcome(read_entries(run_id=str(run.id)))["status"] == "succeeded", read_entries(run_id=str(run.id))
         fleet.wait_for(lambda: fleet.status_of(node) == "healthy" and fleet.server(node).in_rotation, 30,
                        what=f"{node} healthy and in rotation")
         recovered_at = time.time()

@@ -67,7 +67,8 @@ def test_a_second_run_on_a_leased_node_is_refused_quickly(node, caplog):
                 pytest.fail("two runs held the same node's lease")
         refused_in = time.monotonic() - started
         assert busy.value.node == node and node in str(busy.value)
-        assert 2.0 <= refused_in < 4.0, (refused_in, str(busy.value))
+        # Bounded, not a hang (two loaded cores stretch the polls by a second or two).
+        assert 2.0 <= refused_in < 6.0, (refused_in, str(busy.value))
         # Four refused polls, not four ERROR lines in the run's log.
         assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
     # Released: the next automated run gets it at once.
@@ -94,8 +95,9 @@ def test_an_on_demand_run_waits_and_gets_the_lease_right_after_release(node):
         latency = time.monotonic() - released["at"]
     t.join(10)
     assert held.waited_s >= 2.0
-    # Polling every 0.5 s: noticed well before the server's Retry-After would have said.
-    assert latency < 2.0, latency
+    # Polling every 0.5 s: noticed well before the server's Retry-After (up to ~39 s) would have said,
+    # with room for two loaded cores.
+    assert latency < 3.5, latency
     print(f"\nwaited {held.waited_s:.2f}s; acquired {latency:.3f}s after the holder left its block")
 
 
