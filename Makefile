@@ -20,9 +20,10 @@ demo: setup
 demo-down:
 	$(PY) -m lab down
 
-# The whole suite against the real lab (started once, shared by every test).
+# The whole suite against the real lab (started once, shared by every test): the fleet's tests on one
+# worker, everything else on the other meanwhile (tests/conftest.py).
 test: setup
-	$(UV) run --frozen pytest
+	$(UV) run --frozen pytest -n 2
 
 bench: setup
 	$(PY) bench/fleet_health_bench.py

@@ -60,6 +60,8 @@ def skips_allowed() -> bool:
 
 @pytest.hookimpl(trylast=True)  # after the session fixtures' own teardown
 def pytest_sessionfinish(session, exitstatus) -> None:
+    if _is_worker(session.config):
+        _send_prefect_logs_and_events()  # before the worker says it is done and the controller takes the lab down
     _EARLY_LAB.finish()  # a lab started for tests that never asked for it (stopped early, -x) is not left up
     if _skipped and not skips_allowed() and session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
@@ -78,6 +80,93 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
         tr.write_line(f"then run the tests again as root. For local work only, {ALLOW_SKIPS_ENV}=1 lets skips pass.")
     for nodeid, reason in sorted(_skipped.items()):
         tr.write_line(f"  SKIPPED {nodeid}: {reason}")
+
+
+# ---------------------------------------------------------------- two workers (`make test`)
+# `pytest -n 2` (pytest-xdist): the tests that act on the fleet (nodes, balancer, alerts, stubs, automation)
+# run in order on one worker, as one unit of work; the tests that need no lab and those marked
+# `beside_fleet` (the lab's Prefect server or databases, nothing of the fleet's) run on the other worker
+# meanwhile. The controller brings the lab up (it holds the session lock) and tells the workers through
+# LAB_READY when it is ready; without -n, one process does all of it as before.
+# (Not xdist's own `--dist loadgroup`: it renames node ids through `_nodeid`, which pytest 9 no longer reads.)
+LAB_READY = Path("/var/tmp/rblab.session.ready")
+SESSION_ENV = "RUNBOOKS_TEST_SESSION"  # the controller's pid, inherited by its workers
+
+
+def _is_worker(config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def _is_controller(config) -> bool:
+    return config.pluginmanager.hasplugin("dsession") and not _is_worker(config)
+
+
+def _needs_lab(item) -> bool:
+    return "lab" in getattr(item, "fixturenames", ())
+
+
+def _acts_on_fleet(item) -> bool:
+    return _needs_lab(item) and item.get_closest_marker("beside_fleet") is None
+
+
+def _fleet_ids_file() -> Path:
+    return Path(f"/var/tmp/rblab.session.{os.environ.get(SESSION_ENV, 'none')}.fleet.json")
+
+
+def pytest_collection_finish(session) -> None:
+    """A worker tells the controller's scheduler which of the tests it collected act on the fleet (every
+    worker collects the same tests, so whichever writes last writes the same list)."""
+    if _is_worker(session.config):
+        import json
+
+        target = _fleet_ids_file()
+        part = target.with_suffix(f".{os.getpid()}.part")
+        part.write_text(json.dumps([item.nodeid for item in session.items if _acts_on_fleet(item)]))
+        part.replace(target)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    import json
+
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FleetScheduling(LoadScopeScheduling):
+        """The fleet's tests as one unit of work, in collection order, on one worker; every other test a unit
+        of its own, spread over the workers."""
+
+        fleet: set[str] | None = None
+
+        def _split_scope(self, nodeid: str) -> str:
+            if self.fleet is None:  # written by the workers before they report their collection
+                self.fleet = set(json.loads(_fleet_ids_file().read_text()))
+            return "fleet" if nodeid in self.fleet else nodeid
+
+    return FleetScheduling(config, log)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist starts the workers, which inherit SESSION_ENV
+def pytest_sessionstart(session) -> None:
+    if _is_controller(session.config) and os.geteuid() == 0:
+        os.environ[SESSION_ENV] = str(os.getpid())
+        _EARLY_LAB.start(announce=True)
+
+
+def _wait_for_the_controllers_lab(timeout: float = 900) -> None:
+    """A worker's lab: the one its controller brings up (see LAB_READY)."""
+    import json
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            said = json.loads(LAB_READY.read_text())
+        except (OSError, ValueError):
+            said = {}
+        if said.get("session") == os.environ.get(SESSION_ENV):
+            if said.get("error"):
+                raise RuntimeError(f"the test session could not bring the lab up: {said['error']}")
+            return
+        time.sleep(0.5)
+    raise RuntimeError(f"the lab was not ready after {timeout:.0f}s ({LAB_READY} never said so)")
 
 
 # The lab is one instance per machine (fixed ports, one LAB_DIR): two sessions
@@ -130,11 +219,23 @@ class _EarlyLab:
         self.was_up = True
         self.lock_file = None
         self.finished = False
+        self.announce = False  # tell xdist workers through LAB_READY
 
-    def start(self) -> None:
+    def start(self, announce: bool = False) -> None:
         if self.thread is None:
+            self.announce = announce
+            if announce:
+                LAB_READY.unlink(missing_ok=True)
             self.thread = threading.Thread(target=self._run, name="lab-start", daemon=True)
             self.thread.start()
+
+    def _tell_workers(self) -> None:
+        if self.announce:
+            import json
+
+            why = self.foreign and f"refusing the running lab: {self.foreign}"
+            error = why or (self.error is not None and f"{type(self.error).__name__}: {self.error}") or None
+            LAB_READY.write_text(json.dumps({"session": str(os.getpid()), "error": error}))
 
     def _run(self) -> None:
         try:
@@ -161,6 +262,8 @@ class _EarlyLab:
             fleet.set_automation(False)
         except BaseException as exc:  # noqa: BLE001 - raised in the session by `wait`
             self.error = exc
+        finally:
+            self._tell_workers()
 
     def wait(self) -> None:
         self.start()
@@ -177,6 +280,9 @@ class _EarlyLab:
         self.finished = True
         self.thread.join()
         try:
+            if self.announce:
+                LAB_READY.unlink(missing_ok=True)
+                _fleet_ids_file().unlink(missing_ok=True)
             if not self.was_up:
                 _send_prefect_logs_and_events()
                 lab_api.down(log=lambda *_: None)
@@ -205,11 +311,15 @@ _EARLY_LAB = _EarlyLab()
 @pytest.hookimpl(trylast=True)  # after -k/-m have deselected: start the lab only for tests that will run
 def pytest_collection_modifyitems(session, config, items) -> None:
     """Tests that need no lab first (each group in its own order), and the lab started behind them."""
-    needs_lab = [item for item in items if "lab" in getattr(item, "fixturenames", ())]
+    needs_lab = [item for item in items if _needs_lab(item)]
     # `last`: the daily report of the suite's own day, after the tests whose runs it reports.
     needs_lab.sort(key=lambda item: item.get_closest_marker("last") is not None)
-    if needs_lab and os.geteuid() == 0:
-        items[:] = [item for item in items if "lab" not in getattr(item, "fixturenames", ())] + needs_lab
+    if _is_worker(config):
+        # The fleet's tests first, so that one worker takes them at once (they wait for the lab) while
+        # the other runs the rest.
+        items[:] = [i for i in needs_lab if _acts_on_fleet(i)] + [i for i in items if not _acts_on_fleet(i)]
+    elif needs_lab and os.geteuid() == 0:
+        items[:] = [item for item in items if not _needs_lab(item)] + needs_lab
         _EARLY_LAB.start()
 
 
@@ -219,6 +329,10 @@ def lab(request) -> dict:
     every deployment registered (see _EarlyLab)."""
     if os.geteuid() != 0:
         pytest.skip("the lab needs root (network namespaces, supervisord, sshd): run the suite as root")
+    if _is_worker(request.config):
+        _wait_for_the_controllers_lab()
+        yield lab_api.status()
+        return
     try:
         _EARLY_LAB.wait()
         yield lab_api.status()

@@ -28,6 +28,8 @@ from tasks.audit import AuditRecord, read_entries
 from tasks.guards import LeaseBusy, Resource, chain_incident, leases, node_lease, restart_decision
 
 ROOT = Path(__file__).resolve().parent.parent
+# Synthetic node names, audit trails and pause variables of their own: nothing of the fleet's.
+pytestmark = pytest.mark.beside_fleet
 
 
 from tests.processes import free_port, stop_process  # noqa: E402
