@@ -132,7 +132,8 @@ def pytest_xdist_make_scheduler(config, log):
 
     class FleetScheduling(LoadScopeScheduling):
         """The fleet's tests as one unit of work, in collection order, on one worker; every other test a unit
-        of its own, spread over the workers."""
+        of its own, spread over the workers. The fleet's unit is first in the queue but handed out only once
+        the lab is up (or when nothing else is left): until then both workers run the other tests."""
 
         fleet: set[str] | None = None
 
@@ -140,6 +141,16 @@ def pytest_xdist_make_scheduler(config, log):
             if self.fleet is None:  # written by the workers before they report their collection
                 self.fleet = set(json.loads(_fleet_ids_file().read_text()))
             return "fleet" if nodeid in self.fleet else nodeid
+
+        def _assign_work_unit(self, node) -> None:
+            if "fleet" not in self.workqueue or len(self.workqueue) == 1 or _EARLY_LAB.started_or_failed():
+                return super()._assign_work_unit(node)
+            held = self.workqueue.pop("fleet")
+            try:
+                super()._assign_work_unit(node)
+            finally:
+                self.workqueue["fleet"] = held
+                self.workqueue.move_to_end("fleet", last=False)
 
     return FleetScheduling(config, log)
 
@@ -228,6 +239,10 @@ class _EarlyLab:
                 LAB_READY.unlink(missing_ok=True)
             self.thread = threading.Thread(target=self._run, name="lab-start", daemon=True)
             self.thread.start()
+
+    def started_or_failed(self) -> bool:
+        """The lab is up and its deployments registered, or bringing it up failed (or it was not asked for)."""
+        return self.thread is None or not self.thread.is_alive()
 
     def _tell_workers(self) -> None:
         if self.announce:
