@@ -14,7 +14,9 @@ APT_PACKAGES = ["openssh-server", "supervisor", "haproxy", "prometheus", "promet
                 # backups: the MEV database server and its client tools, and zstd for the archives
                 "postgresql-15", "postgresql-client-15", "zstd",
                 # the UI tests' browser (Playwright drives the system Chromium: no browser downloads here)
-                "chromium"]
+                "chromium",
+                # the highly available Prefect shape: messaging, event ordering and lease storage (lab/prefect_ha.py)
+                "redis-server"]
 POLICY_RC_D = Path("/usr/sbin/policy-rc.d")
 
 

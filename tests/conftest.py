@@ -121,7 +121,8 @@ def pytest_collection_finish(session) -> None:
 
         target = _fleet_ids_file()
         part = target.with_suffix(f".{os.getpid()}.part")
-        part.write_text(json.dumps([item.nodeid for item in session.items if _acts_on_fleet(item)]))
+        part.write_text(json.dumps({"fleet": [item.nodeid for item in session.items if _acts_on_fleet(item)],
+                                    "lab": [item.nodeid for item in session.items if _needs_lab(item)]}))
         part.replace(target)
 
 
@@ -132,25 +133,33 @@ def pytest_xdist_make_scheduler(config, log):
 
     class FleetScheduling(LoadScopeScheduling):
         """The fleet's tests as one unit of work, in collection order, on one worker; every other test a unit
-        of its own, spread over the workers. The fleet's unit is first in the queue but handed out only once
-        the lab is up (or when nothing else is left): until then both workers run the other tests."""
+        of its own, spread over the workers. Until the lab is up, the units that need it (the fleet's first
+        in the queue) are handed out only when nothing else is left: both workers run the others meanwhile."""
 
-        fleet: set[str] | None = None
+        ids: dict[str, set[str]] | None = None
+
+        def _read_ids(self) -> dict[str, set[str]]:
+            if self.ids is None:  # written by the workers before they report their collection
+                self.ids = {k: set(v) for k, v in json.loads(_fleet_ids_file().read_text()).items()}
+            return self.ids
 
         def _split_scope(self, nodeid: str) -> str:
-            if self.fleet is None:  # written by the workers before they report their collection
-                self.fleet = set(json.loads(_fleet_ids_file().read_text()))
-            return "fleet" if nodeid in self.fleet else nodeid
+            return "fleet" if nodeid in self._read_ids()["fleet"] else nodeid
 
         def _assign_work_unit(self, node) -> None:
-            if "fleet" not in self.workqueue or len(self.workqueue) == 1 or _EARLY_LAB.started_or_failed():
+            if _EARLY_LAB.started_or_failed():
                 return super()._assign_work_unit(node)
-            held = self.workqueue.pop("fleet")
+            needs_lab = self._read_ids()["lab"]
+            waiting = [scope for scope in self.workqueue if scope == "fleet" or scope in needs_lab]
+            if len(waiting) == len(self.workqueue):
+                return super()._assign_work_unit(node)
+            held = {scope: self.workqueue.pop(scope) for scope in waiting}
             try:
                 super()._assign_work_unit(node)
-            finally:
-                self.workqueue["fleet"] = held
-                self.workqueue.move_to_end("fleet", last=False)
+            finally:  # back at the front, in their order
+                for scope in reversed(waiting):
+                    self.workqueue[scope] = held[scope]
+                    self.workqueue.move_to_end(scope, last=False)
 
     return FleetScheduling(config, log)
 

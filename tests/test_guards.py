@@ -529,11 +529,11 @@ def test_the_pause_switch_round_trip(prefect_api, pause_variable):
 def test_the_pause_flow_sets_the_switch_and_audits_it(prefect_api, pause_variable, audit_dir, inventory_file):
     from flows.circuit import pause_remediation
 
-    result = pause_remediation(True, "maintenance window", "alice")
+    result = pause_remediation(True, reason="maintenance window", operator="alice")
     assert result["paused"] is True and guards.pause_state().paused
     guard = [e for e in read_entries(kind="guard") if e["flow"] == "pause-remediation"]
     assert guard[-1]["data"]["name"] == "remediation-paused" and guard[-1]["data"]["by"] == "alice"
-    pause_remediation(False, "maintenance over", "alice")
+    pause_remediation(False, reason="maintenance over", operator="alice")
     assert not guards.pause_state().paused
 
 

@@ -60,12 +60,14 @@ class Operator:
         self.page.get_by_role("option", name=value, exact=True).click()
         expect(field.locator(".p-select-button__value")).to_have_text(value)
 
-    def switch_on(self, label: str, within=None) -> None:
+    def switch(self, label: str, on: bool, within=None) -> None:
+        """Set a switch (a bool field) on or off, whatever it showed."""
         from playwright.sync_api import expect
 
         switch = self.field(label, within).get_by_role("switch")
-        switch.click()
-        expect(switch).to_have_attribute("aria-checked", "true")
+        if (switch.get_attribute("aria-checked") == "true") != on:
+            switch.click()
+        expect(switch).to_have_attribute("aria-checked", "true" if on else "false")
 
     def type(self, label: str, text: str, within=None) -> None:
         self.field(label, within).locator("textarea, input").first.fill(text)
@@ -86,7 +88,7 @@ class Operator:
         self.shot("form-filled")
         known = {str(r.id) for r in deployment_runs(deployment_id)}
         self.page.get_by_role("button", name="Submit").click()
-        expect(self.page.get_by_text("scheduled to start now").first).to_be_visible()
+        expect(self.page.get_by_text("scheduled to start now").first).to_be_visible(timeout=TIMEOUT_MS)
         created = fleet.wait_for(lambda: [str(r.id) for r in deployment_runs(deployment_id) if str(r.id) not in known],
                                  30, what=f"the run the {deployment} form submitted")
         assert len(created) == 1, created
@@ -104,8 +106,9 @@ class Operator:
 
 @pytest.fixture(scope="module")
 def browser(runbooks):
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
+    expect.set_options(timeout=TIMEOUT_MS)  # a loaded 2-core machine renders slower than 5 s at times
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         yield chromium
@@ -156,7 +159,7 @@ def test_a_dry_run_started_from_the_recovery_form_shows_its_plan_and_touches_not
     def fill(op: Operator) -> None:
         op.choose("node", node)
         op.type("reason", "stalled, checking the plan first")
-        op.switch_on("dry_run")
+        op.switch("dry_run", True)
 
     run_id = operator.run_deployment_form("node-recovery/node-recovery", fill)
     run = final_run(run_id)
@@ -202,7 +205,7 @@ def test_an_upgrade_waits_for_the_approval_given_in_its_ui_form_then_resumes_and
         # The form shows the plan it approves, with its hash filled in.
         expect(modal.get_by_text(f"Plan hash: {plan_hash}", exact=False)).to_be_visible()
         expect(operator.field("Plan Hash", modal).locator("textarea")).to_have_value(plan_hash)
-        operator.switch_on("Approve", modal)
+        operator.switch("Approve", True, modal)
         operator.type("Approver", "alice@example.org", modal)
         operator.type("Comment", "CR reviewed in the UI", modal)
         operator.shot("approval-filled")
@@ -230,7 +233,7 @@ def test_remediation_is_paused_and_resumed_from_the_pause_remediation_form(runbo
     assert not guards.pause_state().paused
     try:
         def pause(op: Operator) -> None:
-            op.switch_on("paused")
+            op.switch("paused", True)
             op.type("reason", "maintenance window: disk swap on h2")
             op.type("operator", "alice")
 
@@ -242,7 +245,8 @@ def test_remediation_is_paused_and_resumed_from_the_pause_remediation_form(runbo
         expect(operator.page.get_by_text(guards.pause.PAUSE_VARIABLE, exact=True).first).to_be_visible()
         operator.shot("variable-paused")
 
-        def resume(op: Operator) -> None:  # the switch left off: resume
+        def resume(op: Operator) -> None:
+            op.switch("paused", False)
             op.type("reason", "maintenance over")
             op.type("operator", "alice")
 

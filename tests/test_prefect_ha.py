@@ -1,0 +1,230 @@
+"""Highly available Prefect (lab/prefect_ha.py), built from real parts and put under faults: PostgreSQL
+(throwaway, tests/postgres.py), Debian's redis-server, two API servers and one services process, HAProxy in
+front, API authentication on. Each component is a process of this module's own, stopped by PID.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from lab.prefect_ha import HaPrefect, redis_argv
+from tests.postgres import postgres_server  # noqa: F401 - pytest fixture
+from tests.processes import free_port, stop_process
+
+HAPROXY = "/usr/sbin/haproxy"
+pytestmark = pytest.mark.skipif(not Path("/usr/bin/redis-server").exists(), reason="redis-server is installed by `make setup`")
+
+
+class Stack:
+    """The running processes by name, and how to (re)start each."""
+
+    def __init__(self, ha: HaPrefect, root: Path, redis_port: int):
+        self.ha, self.root, self.redis_port = ha, root, redis_port
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.argv: dict[str, tuple[list[str], dict[str, str]]] = {}
+
+    def define(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
+        self.argv[name] = (argv, env or {})
+
+    def start(self, name: str) -> None:
+        argv, env = self.argv[name]
+        log = open(self.root / f"{name}.log", "ab")
+        self.procs[name] = subprocess.Popen(argv, env=os.environ | env, stdout=log, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.root)
+        log.close()
+
+    def kill(self, name: str) -> None:
+        proc = self.procs.pop(name)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+
+    def stop_all(self) -> None:
+        for name in reversed(list(self.procs)):
+            stop_process(self.procs.pop(name))
+
+    def logs(self) -> str:
+        return "".join(p.read_text(errors="replace") for p in self.root.glob("*.log"))
+
+
+def healthy(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (value := predicate()):
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def redis_ready(port: int) -> bool:
+    done = subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True, timeout=5)
+    return done.stdout.strip() == "PONG"
+
+
+@pytest.fixture(scope="module")
+def stack(postgres_server, tmp_path_factory):  # noqa: F811 - the fixture imported above
+    root = tmp_path_factory.mktemp("prefect-ha")
+    db = postgres_server.create_database()
+    password = secrets.token_hex(16)
+    redis_port = free_port()
+    ha = HaPrefect(home=root / "home", database_url=f"postgresql+asyncpg://postgres@127.0.0.1:{postgres_server.port}/{db}",
+                   redis_host="127.0.0.1", redis_port=redis_port, api_ports=(free_port(), free_port()),
+                   lb_port=free_port(), auth_string=f"runbooks:{password}")
+    s = Stack(ha, root, redis_port)
+    (root / "redis").mkdir()
+    s.define("redis", redis_argv(redis_port, root / "redis"))
+    for p in ha.processes():
+        s.define(p.name, p.argv, p.env)
+    (root / "haproxy.cfg").write_text(ha.haproxy_config())
+    s.define("haproxy", [HAPROXY, "-db", "-f", str(root / "haproxy.cfg")])
+    try:
+        s.start("redis")
+        wait_for(lambda: redis_ready(redis_port), 20, "redis")
+        started = time.monotonic()
+        ha.migrate()  # once, before any server
+        s.migrate_s = time.monotonic() - started
+        for p in ha.processes():  # one at a time (see HaPrefect.processes)
+            s.start(p.name)
+            if p.port:
+                wait_for(lambda port=p.port: healthy(f"http://127.0.0.1:{port}/api"), 90, f"{p.name} on {p.port}")
+        s.start("haproxy")
+        wait_for(lambda: healthy(ha.api_url), 30, "the balancer")
+        yield s
+    finally:
+        s.stop_all()
+
+
+def auth(ha: HaPrefect) -> tuple[str, str]:
+    user, password = ha.auth_string.split(":", 1)
+    return user, password
+
+
+def run_flow(stack: Stack, seconds: float, name: str) -> subprocess.Popen:
+    """A flow of one-second tasks, run against the balancer in a process of its own; prints its run id."""
+    code = textwrap.dedent(f"""
+        import time
+        from prefect import flow, task
+        from prefect.runtime import flow_run
+
+        @task
+        def tick(i):
+            time.sleep(1)
+            return i
+
+        @flow(name={name!r})
+        def ticking():
+            print("RUN", flow_run.get_id(), flush=True)
+            return sum(tick(i) for i in range({int(seconds)}))
+
+        ticking()
+    """)
+    return subprocess.Popen([sys.executable, "-c", code], env=os.environ | stack.ha.client_env()
+                            | {"PREFECT_HOME": str(stack.root / "client")},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=stack.root)
+
+
+def run_id_of(proc: subprocess.Popen) -> str:
+    for line in proc.stdout:
+        if line.startswith("RUN "):
+            return line.split()[1]
+    raise AssertionError("the flow never started")
+
+
+def flow_run_state(stack: Stack, run_id: str, via: str | None = None) -> str:
+    url = via or stack.ha.api_url
+    r = httpx.get(f"{url}/flow_runs/{run_id}", auth=auth(stack.ha), timeout=10)
+    r.raise_for_status()
+    return r.json()["state"]["type"]
+
+
+def test_the_api_refuses_requests_without_the_login_and_never_logs_it(stack):
+    ha = stack.ha
+    urls = [ha.api_url, *(f"http://127.0.0.1:{p}/api" for p in ha.api_ports)]
+    for url in urls:
+        assert httpx.post(f"{url}/flows/filter", json={}, timeout=10).status_code == 401
+        assert httpx.post(f"{url}/flows/filter", json={}, auth=("runbooks", "wrong"), timeout=10).status_code == 401
+        assert httpx.post(f"{url}/flows/filter", json={}, auth=auth(ha), timeout=10).status_code == 200
+    assert auth(ha)[1] not in stack.logs()
+
+
+def test_a_flow_run_completes_while_one_api_server_is_killed_under_it(stack):
+    proc = run_flow(stack, 8, "ha-survives-a-server")
+    try:
+        run_id = run_id_of(proc)
+        time.sleep(2)
+        stack.kill("prefect-api-1")  # mid-run, while its tasks report their states through the balancer
+        assert proc.wait(120) == 0, proc.stdout.read()
+        assert flow_run_state(stack, run_id) == "COMPLETED"
+        # Both servers read one database: the survivor answers for the whole run.
+        assert flow_run_state(stack, run_id, via=f"http://127.0.0.1:{stack.ha.api_ports[1]}/api") == "COMPLETED"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if "prefect-api-1" not in stack.procs:
+            stack.start("prefect-api-1")
+            wait_for(lambda: healthy(f"http://127.0.0.1:{stack.ha.api_ports[0]}/api"), 90, "prefect-api-1 again")
+
+
+def test_a_lease_taken_through_one_server_holds_through_the_other_and_across_a_redis_restart(stack):
+    ha = stack.ha
+    one, two = (f"http://127.0.0.1:{p}/api" for p in ha.api_ports)
+    name = f"ha-node-{secrets.token_hex(4)}"
+    httpx.post(f"{one}/v2/concurrency_limits/", json={"name": name, "limit": 1}, auth=auth(ha), timeout=10).raise_for_status()
+
+    def take(url: str) -> httpx.Response:
+        return httpx.post(f"{url}/v2/concurrency_limits/increment-with-lease", auth=auth(ha), timeout=10,
+                          json={"names": [name], "slots": 1, "mode": "concurrency", "lease_duration": 60})
+
+    held = take(one)
+    assert held.status_code == 200, held.text
+    lease_id = held.json()["lease_id"]
+    assert take(two).status_code == 423  # the other server sees the slot taken
+
+    stop_process(stack.procs.pop("redis"))  # the leases live in Redis: a restart must not forget this one
+    stack.start("redis")
+    wait_for(lambda: redis_ready(stack.redis_port), 20, "redis again")
+    wait_for(lambda: healthy(ha.api_url), 30, "the API after the Redis restart")
+    assert take(two).status_code == 423, "the slot came free when Redis restarted"
+    renewed = httpx.post(f"{two}/v2/concurrency_limits/leases/{lease_id}/renew", json={"lease_duration": 60},
+                         auth=auth(ha), timeout=10)
+    assert renewed.status_code in (200, 204), f"the lease was forgotten across the restart: {renewed.text}"
+
+    r = httpx.post(f"{two}/v2/concurrency_limits/decrement-with-lease", json={"lease_id": lease_id},
+                   auth=auth(ha), timeout=10)
+    assert r.status_code in (200, 204), r.text
+    again = take(one)
+    assert again.status_code == 200, again.text
+
+
+def test_a_flow_run_completes_across_a_postgres_restart(stack, postgres_server):  # noqa: F811
+    from tests.postgres import _as_postgres
+
+    proc = run_flow(stack, 8, "ha-survives-postgres")
+    try:
+        run_id = run_id_of(proc)
+        time.sleep(2)
+        data = postgres_server.dir / "data"
+        # -l: the restarted postmaster writes to its log file, not to this call's pipes (which would never close).
+        _as_postgres(postgres_server.bin("pg_ctl"), "-D", str(data), "-l", str(postgres_server.dir / "server.log"),
+                     "-m", "fast", "-w", "-t", "30", "restart")
+        assert proc.wait(120) == 0, proc.stdout.read()
+        assert flow_run_state(stack, run_id) == "COMPLETED"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
