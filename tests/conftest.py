@@ -114,8 +114,8 @@ def _fleet_ids_file() -> Path:
 
 
 def pytest_collection_finish(session) -> None:
-    """A worker tells the controller's scheduler which of the tests it collected act on the fleet (every
-    worker collects the same tests, so whichever writes last writes the same list)."""
+    """A worker tells the controller's scheduler which of the tests it collected act on the fleet and which
+    need the lab (every worker collects the same tests, so whichever writes last writes the same lists)."""
     if _is_worker(session.config):
         import json
 
@@ -339,9 +339,12 @@ def pytest_collection_modifyitems(session, config, items) -> None:
     # `last`: the daily report of the suite's own day, after the tests whose runs it reports.
     needs_lab.sort(key=lambda item: item.get_closest_marker("last") is not None)
     if _is_worker(config):
-        # The fleet's tests first, so that one worker takes them at once (they wait for the lab) while
-        # the other runs the rest.
-        items[:] = [i for i in needs_lab if _acts_on_fleet(i)] + [i for i in items if not _acts_on_fleet(i)]
+        # The fleet's tests first in the queue: the scheduler hands them to one worker as soon as the lab
+        # is up (FleetScheduling), while the other worker runs the rest.
+        # Heavy tests of their own processes (`early`) go first, while the lab comes up and before the fleet's
+        # tests, whose timings they would otherwise stretch.
+        others = sorted((i for i in items if not _acts_on_fleet(i)), key=lambda i: i.get_closest_marker("early") is None)
+        items[:] = [i for i in needs_lab if _acts_on_fleet(i)] + others
     elif needs_lab and os.geteuid() == 0:
         items[:] = [item for item in items if not _needs_lab(item)] + needs_lab
         _EARLY_LAB.start()

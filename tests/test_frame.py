@@ -151,9 +151,11 @@ def test_a_run_not_approved_for_its_current_plan_changes_nothing(healthy_fleet, 
     thread.join(120)
     state = box["state"]
     if how == "timed-out":
-        # Prefect's own rule: a run whose pause timed out can only end Failed,
-        # whatever it returns. The audit says why, with the frame's outcome.
-        assert state.is_failed() and "never resumed" in state.message, box
+        # Prefect's own rule: a run whose pause timed out can only end Failed, whatever it returns; on two
+        # loaded cores the frame's own deadline may see it first and end the run refused. Either way
+        # nothing was done, and the audit says why with the frame's outcome.
+        assert ((state.is_failed() and "never resumed" in state.message)
+                or (state.is_completed() and state.result()["outcome"] == "timed-out")), box
     else:
         assert state.is_completed(), box
         assert state.result()["outcome"] == how

@@ -22,7 +22,8 @@ from tests.postgres import postgres_server  # noqa: F401 - pytest fixture
 from tests.processes import free_port, stop_process
 
 HAPROXY = "/usr/sbin/haproxy"
-pytestmark = pytest.mark.skipif(not Path("/usr/bin/redis-server").exists(), reason="redis-server is installed by `make setup`")
+pytestmark = [pytest.mark.skipif(not Path("/usr/bin/redis-server").exists(), reason="redis-server is installed by `make setup`"),
+              pytest.mark.early]
 
 
 class Stack:

@@ -129,12 +129,15 @@ def operator(browser, request):
 
 
 def deployment_runs(deployment_id) -> list:
+    """The deployment's newest runs (the API's default order is by id, which is random)."""
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+    from prefect.client.schemas.sorting import FlowRunSort
 
     from tasks import prefect_api
 
     with prefect_api.client(30) as client:
-        return client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])))
+        return client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
+                                     sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=20)
 
 
 def final_run(run_id: str, timeout: float = 180):
