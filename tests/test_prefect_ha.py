@@ -19,6 +19,7 @@ import pytest
 
 from lab.prefect_ha import HaPrefect, redis_argv
 from tests.postgres import postgres_server  # noqa: F401 - pytest fixture
+from tests.fleet import wait_for
 from tests.processes import free_port, stop_process
 
 HAPROXY = "/usr/sbin/haproxy"
@@ -64,15 +65,6 @@ def healthy(url: str) -> bool:
         return False
 
 
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if (value := predicate()):
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 def redis_ready(port: int) -> bool:
     done = subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True, timeout=5)
     return done.stdout.strip() == "PONG"
@@ -96,16 +88,16 @@ def stack(postgres_server, tmp_path_factory):  # noqa: F811 - the fixture import
     s.define("haproxy", [HAPROXY, "-db", "-f", str(root / "haproxy.cfg")])
     try:
         s.start("redis")
-        wait_for(lambda: redis_ready(redis_port), 20, "redis")
+        wait_for(lambda: redis_ready(redis_port), 20, what="redis")
         started = time.monotonic()
         ha.migrate()  # once, before any server
         s.migrate_s = time.monotonic() - started
         for p in ha.processes():  # one at a time (see HaPrefect.processes)
             s.start(p.name)
             if p.port:
-                wait_for(lambda port=p.port: healthy(f"http://127.0.0.1:{port}/api"), 90, f"{p.name} on {p.port}")
+                wait_for(lambda port=p.port: healthy(f"http://127.0.0.1:{port}/api"), 90, what=f"{p.name} on {p.port}")
         s.start("haproxy")
-        wait_for(lambda: healthy(ha.api_url), 30, "the balancer")
+        wait_for(lambda: healthy(ha.api_url), 30, what="the balancer")
         yield s
     finally:
         s.stop_all()
@@ -179,7 +171,7 @@ def test_a_flow_run_completes_while_one_api_server_is_killed_under_it(stack):
             proc.kill()
         if "prefect-api-1" not in stack.procs:
             stack.start("prefect-api-1")
-            wait_for(lambda: healthy(f"http://127.0.0.1:{stack.ha.api_ports[0]}/api"), 90, "prefect-api-1 again")
+            wait_for(lambda: healthy(f"http://127.0.0.1:{stack.ha.api_ports[0]}/api"), 90, what="prefect-api-1 again")
 
 
 def test_a_lease_taken_through_one_server_holds_through_the_other_and_across_a_redis_restart(stack):
@@ -199,8 +191,8 @@ def test_a_lease_taken_through_one_server_holds_through_the_other_and_across_a_r
 
     stop_process(stack.procs.pop("redis"))  # the leases live in Redis: a restart must not forget this one
     stack.start("redis")
-    wait_for(lambda: redis_ready(stack.redis_port), 20, "redis again")
-    wait_for(lambda: healthy(ha.api_url), 30, "the API after the Redis restart")
+    wait_for(lambda: redis_ready(stack.redis_port), 20, what="redis again")
+    wait_for(lambda: healthy(ha.api_url), 30, what="the API after the Redis restart")
     assert take(two).status_code == 423, "the slot came free when Redis restarted"
     renewed = httpx.post(f"{two}/v2/concurrency_limits/leases/{lease_id}/renew", json={"lease_duration": 60},
                          auth=auth(ha), timeout=10)

@@ -234,13 +234,17 @@ def test_remediation_is_paused_and_resumed_from_the_pause_remediation_form(runbo
     from playwright.sync_api import expect
 
     assert not guards.pause_state().paused
-    try:
-        def pause(op: Operator) -> None:
-            op.switch("paused", True)
-            op.type("reason", "maintenance window: disk swap on h2")
-            op.type("operator", "alice")
 
-        run_id = operator.run_deployment_form("pause-remediation/pause-remediation", pause)
+    def fill(paused: bool, reason: str):
+        def fill_form(op: Operator) -> None:
+            op.switch("paused", paused)
+            op.type("reason", reason)
+            op.type("operator", "alice")
+        return fill_form
+
+    try:
+        run_id = operator.run_deployment_form("pause-remediation/pause-remediation",
+                                              fill(True, "maintenance window: disk swap on h2"))
         assert final_run(run_id).state.is_completed()
         state = guards.pause_state()
         assert state.paused and state.reason == "maintenance window: disk swap on h2" and state.by == "alice"
@@ -248,12 +252,7 @@ def test_remediation_is_paused_and_resumed_from_the_pause_remediation_form(runbo
         expect(operator.page.get_by_text(guards.pause.PAUSE_VARIABLE, exact=True).first).to_be_visible()
         operator.shot("variable-paused")
 
-        def resume(op: Operator) -> None:
-            op.switch("paused", False)
-            op.type("reason", "maintenance over")
-            op.type("operator", "alice")
-
-        run_id = operator.run_deployment_form("pause-remediation/pause-remediation", resume)
+        run_id = operator.run_deployment_form("pause-remediation/pause-remediation", fill(False, "maintenance over"))
         assert final_run(run_id).state.is_completed()
         assert not guards.pause_state().paused
         outcome = fleet.outcome(read_entries(run_id=run_id))
