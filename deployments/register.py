@@ -13,6 +13,7 @@ inventory changes.
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -71,14 +72,32 @@ async def missing_triggers() -> list[str]:
         return problems
 
 
+def run_command() -> str:
+    """Each run's process: deployments/prestart.py's client, which forks the run from a warm prestart
+    server when the worker has one (RUNBOOKS_PRESTART_SOCKET) and starts `python -m prefect.engine`
+    itself when it has not."""
+    return shlex.join([sys.executable, str(ROOT / "deployments" / "prestart.py")])
+
+
+async def set_run_command() -> None:
+    from prefect.client.schemas.actions import WorkPoolUpdate
+
+    async with get_client() as client:
+        pool = await client.read_work_pool(WORK_POOL)
+        template = pool.base_job_template
+        template["variables"]["properties"]["command"]["default"] = run_command()
+        await client.update_work_pool(WORK_POOL, WorkPoolUpdate(base_job_template=template))
+
+
 def main() -> None:
+    import asyncio
+
     pools = _prefect("work-pool", "inspect", WORK_POOL)
     if pools.returncode != 0:
         _check(_prefect("work-pool", "create", WORK_POOL, "--type", "process"), "creating work pool")
+    asyncio.run(set_run_command())
     _check(_prefect("block", "register", "-m", "blocks"), "registering block types")
     _check(_prefect("deploy", "--all"), "deploying prefect.yaml")
-    import asyncio
-
     problems = asyncio.run(missing_triggers())
     if problems:
         raise SystemExit("deployment triggers missing after deploy: " + "; ".join(problems))

@@ -23,6 +23,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable, Protocol
 
+from deployments.prestart import SOCKET_ENV as PRESTART_SOCKET_ENV
+
 from . import haproxy
 from . import releases as lab_releases
 from .labnode import rpc  # labnode.py runs stand-alone (stdlib only), so the one copy lives there
@@ -337,6 +339,18 @@ def _worker_online() -> str | None:
     return None if any(w.get("status") == "ONLINE" for w in workers) else "no ONLINE worker yet"
 
 
+def _socket_problem(path: str) -> str | None:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(1.0)
+    try:
+        sock.connect(path)  # accepted and dropped: the server reads no request from it
+    except OSError as exc:
+        return f"connect {path}: {exc}"
+    finally:
+        sock.close()
+    return None
+
+
 def prefect_programs(paths: Paths) -> list[Program]:
     """A Prefect server (SQLite, the embedded default) and a process worker."""
     prefect_env = {
@@ -363,6 +377,19 @@ def prefect_programs(paths: Paths) -> list[Program]:
         stopwaitsecs=15,
         priority=400,
     )
+    # Each run's process is forked from this warm server instead of importing everything anew
+    # (deployments/prestart.py); without it the run command starts cold, as Prefect does.
+    prestart_socket = str(paths.root / "prefect" / "prestart.sock")
+    run_env = prefect_env | runbook_env(paths) | {PRESTART_SOCKET_ENV: prestart_socket}
+    prestart = Program(
+        name="prefect-prestart",
+        argv=[sys.executable, "-m", "deployments.prestart", "serve", "--socket", prestart_socket],
+        ready=Custom("the prestart server answers on its socket", lambda: _socket_problem(prestart_socket)),
+        env=run_env,
+        cwd=str(REPO_ROOT),
+        stopwaitsecs=5,
+        priority=440,
+    )
     worker = Program(
         name="prefect-worker",
         argv=[sys.executable, "-m", "prefect", "worker", "start", "--pool", t.WORK_POOL, "--type", "process",
@@ -370,13 +397,13 @@ def prefect_programs(paths: Paths) -> list[Program]:
         ready=Custom("the worker is ONLINE in its pool", _worker_online),
         # Poll every second rather than every 10: the worker picks up a new run
         # within ~0.5 s (starting its Python process then takes 2-7 s; see bench/).
-        env=prefect_env | runbook_env(paths) | {"PREFECT_WORKER_QUERY_SECONDS": "1"},
+        env=run_env | {"PREFECT_WORKER_QUERY_SECONDS": "1"},
         cwd=str(REPO_ROOT),
         stopwaitsecs=15,
         startretries=60,  # it exits until the server answers; supervisord retries
         priority=450,
     )
-    return [server, worker]
+    return [server, prestart, worker]
 
 
 COMMUNITY_RULES = Path(__file__).with_name("community_rules.yml")

@@ -75,6 +75,8 @@ def test_a_node_that_cannot_restart_is_left_drained_escalated_and_the_run_fails(
     fleet.wait_status(node, {"down"})
     state = node_recovery(node=node, reason="down", return_state=True)
     assert state.is_failed()
+    # supervisord retries the start once (startretries=1) before it gives up: FATAL, no process.
+    fleet.wait_for(lambda: fleet.node(node)["state"] == "FATAL", 15, what=f"{node} to be FATAL")
     assert fleet.pid(node) is None
     assert fleet.server(node).admin_state == "drain"
     messages = [r["body"]["text"] for r in lab.stub_records("slack") if r["path"] == "/api/chat.postMessage"]
