@@ -20,6 +20,9 @@ def test_a_stalled_node_is_found_on_schedule_and_fixed_by_the_triggered_runbook(
     fleet.fresh_restart_budget(node)
     fault_at = time.time()
     lab.fault(node, "stall")
+    # Until its head is older than the chain allows, a node that stopped moving only lags: the first sweep
+    # (the schedule fires as soon as automation is on) must see the stall itself.
+    fleet.wait_status(node, {"stalled"})
     # Prometheus would alert on the stall first; this test is about the schedule.
     with fleet.alerts_silenced(node), fleet.automation_on():
         run = fleet.wait_for(
