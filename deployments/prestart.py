@@ -307,6 +307,8 @@ def serve(path: str) -> None:
                 _child(listener, conn, request, fds)
             for fd in fds:
                 os.close(fd)
+            run_id = request["env"].get("PREFECT__FLOW_RUN_ID", "?")
+            print(f"prestart: forked {pid} for flow run {run_id}", flush=True)
             try:
                 conn.sendall(f"pid {pid}\n".encode())
             except OSError:

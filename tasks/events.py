@@ -53,7 +53,10 @@ def _events(filter_: dict, limit: int = 50, timeout: float = API_TIMEOUT_S) -> l
     return response.json().get("events", [])
 
 
-EVENT_WAIT_S = 10.0  # how long a triggered run waits for its event to be readable
+# How long a triggered run waits for its event to be readable. Runs now start within a second of
+# their trigger (deployments/prestart.py), and on a loaded SQLite server the event persister can be
+# seconds behind: a wait too short records an alert-started run as started by "(not found)".
+EVENT_WAIT_S = 30.0
 
 
 def read_event(event_id: str, wait_s: float = EVENT_WAIT_S) -> dict | None:

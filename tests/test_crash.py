@@ -18,6 +18,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from prefect.deployments import run_deployment
@@ -99,6 +100,10 @@ def kill_at(run_id: str, node: str, point: str) -> None:
         time.sleep(0.005)
     os.kill(pid, signal.SIGSTOP)  # frozen: check where it is before it goes on
     try:
+        # The run's process was forked by the lab's prestart server (deployments/prestart.py), not started
+        # cold: killing it is killing what the worker's runs really are.
+        parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        assert parent == lab.status()["services"]["prefect-prestart"]["pid"], f"run process {pid}: parent {parent}"
         entries = run_entries(run_id)
         assert still(entries, node, old_node_pid), f"the run went past {point} before it was stopped: {entries[-3:]}"
         assert not any(e["kind"] == "outcome" for e in entries)

@@ -8,8 +8,10 @@ import time
 import uuid
 
 import pytest
+from prefect.events import emit_event
 
 from tasks import guards
+from tasks.events import NODE_UNHEALTHY, node_resource
 from tasks.audit import AuditRecord, read_entries
 from tests import fleet
 from tests.toy_runbook import ACTED, toy_overlap, toy_restart
@@ -87,8 +89,10 @@ def test_an_automatic_toy_run_respects_the_pause_switch(healthy_fleet):
     before = _untouched()
     guards.set_pause(True, "tests: maintenance window", "tests")
     try:
-        event_id = str(uuid.uuid4())  # an event that started it (not found: still automatic)
-        state = toy_restart(node=NODE, trigger_event_id=event_id, return_state=True)
+        # The event that started it, as fleet-health would emit it.
+        event = emit_event(event=NODE_UNHEALTHY, resource=node_resource(NODE, "lab-eth", "stalled"),
+                           payload={"problem": "stalled"})
+        state = toy_restart(node=NODE, trigger_event_id=str(event.id), return_state=True)
     finally:
         guards.set_pause(False, "tests: done", "tests")
     assert state.result()["outcome"] == "paused"
