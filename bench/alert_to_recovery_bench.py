@@ -30,7 +30,7 @@ IT NEEDS THE LAB TO ITSELF: it switches the lab's automations on, injects
 faults and heals the whole fleet. Never run it during `make test` or any
 pytest run against the same lab; it refuses to start without --i-own-the-lab.
 
-    uv run python bench/alert_to_recovery_bench.py --i-own-the-lab [--faults 5] [--kind stall|kill]
+    uv run python bench/alert_to_recovery_bench.py --i-own-the-lab [--faults 5] [--kind stall|kill|freeze]
 
 Exit 0 when every fault recovered within its deadline, 1 otherwise, 2 when it
 refused to start.
@@ -382,7 +382,7 @@ def main() -> int:
     parser.add_argument("--i-own-the-lab", action="store_true",
                         help="required: the bench switches automation on and breaks nodes; never during `make test`")
     parser.add_argument("--faults", type=int, default=5)
-    parser.add_argument("--kind", choices=["stall", "kill"], default="stall")
+    parser.add_argument("--kind", choices=["stall", "kill", "freeze"], default="stall")
     parser.add_argument("--nodes", default=",".join(DEFAULT_NODES), help="nodes to rotate through, comma-separated")
     parser.add_argument("--deadline", type=float, default=180, help="seconds per fault, from injection to recovered")
     parser.add_argument("--settle", type=float, default=120, help="seconds to heal the fleet and clear alerts between faults")
