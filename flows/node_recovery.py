@@ -28,6 +28,7 @@ from tasks.steps import (
     as_dict,
     assess_chain,
     capture_diagnostics,
+    kill_hung_service,
     check_disruption_budget,
     drain_from_rotation,
     restart_service,
@@ -75,6 +76,8 @@ class RecoverNode:
             f"check that draining {node} leaves a healthy server in {lb}" if lb else "node is not behind a load balancer",
             f"drain {node} from {lb}" if lb else "no drain needed",
             f"capture diagnostics on {host.address} (service status, log tail, disk usage of {n.datadir})",
+            *([f"kill {n.service.name} if it runs without answering (hung: not waited out)"]
+              if self.before.status == "down" else []),
             f"restart {n.service.manager.value} service {n.service.name} on {host.address}",
             f"wait up to {chain.recovery_deadline_seconds:.0f}s for the head to advance and lag <= {chain.max_lag_blocks} blocks",
             f"return {node} to rotation" if lb else "no rotation change",
@@ -118,7 +121,9 @@ class RecoverNode:
         drained = drain_from_rotation(rb, node)
         try:
             with rb.ssh(node) as ssh:
-                capture_diagnostics(rb, ssh, node)
+                diagnostics = capture_diagnostics(rb, ssh, node)
+                if before.status == "down" and diagnostics["service"]["running"]:
+                    kill_hung_service(rb, ssh, node)
                 restarted = restart_service(rb, ssh, node)
         except RunbookError as exc:
             raise self._failed(Kind.NOT_RECOVERED, f"could not reach or restart {node}: {exc}", drained) from None

@@ -67,9 +67,10 @@ def rpc(url: str, method: str, params: list | None = None, timeout: float = 1.0)
 
 
 def _die_with_parent() -> None:
-    """In the child: get SIGTERM if this wrapper dies, so anvil is never orphaned."""
+    """In the child: killed if this wrapper dies, so anvil is never orphaned (SIGKILL, not SIGTERM: a frozen
+    anvil would hold its port with the SIGTERM pending, and the node's restart could not bind it)."""
     try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except OSError:
         pass
 

@@ -108,6 +108,10 @@ class ServiceManager(ABC):
     def restart_argv(self) -> list[str]: ...
 
     @abstractmethod
+    def kill_argv(self) -> list[str]:
+        """SIGKILL the service's processes: for one that is hung, where a stop would wait out its timeout."""
+
+    @abstractmethod
     def logs_argv(self, lines: int) -> list[str]: ...
 
     @abstractmethod
@@ -165,6 +169,10 @@ class Systemd(ServiceManager):
     def restart_argv(self) -> list[str]:
         return self._priv(["systemctl", "restart", "--", self.name])
 
+    def kill_argv(self) -> list[str]:
+        # Every process of the unit's cgroup, not only the main one.
+        return self._priv(["systemctl", "kill", "--signal=SIGKILL", "--", self.name])
+
     def logs_argv(self, lines: int) -> list[str]:
         return self._priv(["journalctl", "-u", self.name, "-n", str(_check_lines(lines)), "--no-pager", "-o", "short-iso"])
 
@@ -213,6 +221,9 @@ class Docker(ServiceManager):
     def restart_argv(self) -> list[str]:
         return self._priv(["docker", "restart", "-t", str(self.STOP_GRACE_SECONDS), "--", self.name])
 
+    def kill_argv(self) -> list[str]:
+        return self._priv(["docker", "kill", "--signal", "KILL", "--", self.name])
+
     def logs_argv(self, lines: int) -> list[str]:
         return self._priv(["docker", "logs", "--tail", str(_check_lines(lines)), "--", self.name])
 
@@ -259,6 +270,10 @@ class Supervisor(ServiceManager):
 
     def restart_argv(self) -> list[str]:
         return self._ctl("restart", self.name)
+
+    def kill_argv(self) -> list[str]:
+        # The program's own process; a program that forks its node must have the child die with it.
+        return self._ctl("signal", "KILL", self.name)
 
     def logs_argv(self, lines: int, stream: str = "stdout") -> list[str]:
         """supervisorctl tails bytes (`tail -BYTES name [stdout|stderr]`), not lines."""

@@ -122,6 +122,15 @@ def _service_action(rb: Runbook, ssh: SshRunner, node: str, action: ActionKind) 
     return True
 
 
+@step("kill-hung-service")
+def kill_hung_service(rb: Runbook, ssh: SshRunner, node: str) -> bool:
+    """SIGKILL a node's service that runs but does not answer, once its diagnostics are captured: a restart
+    would first wait out the service manager's stop timeout on a process that will never stop by itself."""
+    manager = service_manager_for(rb.node(node), rb.inventory.host_of(node))
+    result = ssh.run(manager.kill_argv(), action=ActionKind.kill, audit_data={"step": "kill", "automatic": rb.trigger.automatic})
+    return result.exit_code == 0
+
+
 @step("stop-service")
 def stop_service(rb: Runbook, ssh: SshRunner, node: str) -> bool:
     """Stop the node's service (a consistent datadir needs it stopped); True when it then reports stopped."""

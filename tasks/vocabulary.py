@@ -88,6 +88,7 @@ class ActionKind(str, Enum):
     restart = "restart"
     start = "start"
     stop = "stop"
+    kill = "kill"  # SIGKILL: a hung process, once its diagnostics are captured
     drain = "drain"  # load balancer: no new connections
     ready = "ready"  # load balancer: back in rotation
     maint = "maint"  # load balancer: out completely

@@ -53,6 +53,15 @@ def test_a_broken_node_is_restarted_verified_and_put_back_in_rotation(healthy_fl
     fleet.wait_status(node, seen_as)
     state = node_recovery(node=node, reason=fault, return_state=True)
     recovered_correctly(node, state, before_pid)
+    # A frozen node (it runs, it does not answer) is killed after its diagnostics, not waited out by the
+    # restart's stop timeout; a stalled one is restarted gracefully, a dead one simply started.
+    entries = fleet.run_entries(state)
+    kills = [e["data"] for e in entries if e["kind"] == "action" and e["data"].get("action") == "kill"]
+    assert [k["exit_code"] for k in kills] == ([0] if fault == "freeze" else []), kills
+    if fault == "freeze":
+        order = [e["data"].get("label") if e["kind"] == "state" else e["data"].get("action")
+                 for e in entries if e["kind"] in ("state", "action")]
+        assert order.index("diagnostics") < order.index("kill") < order.index("restart"), order
 
 
 def test_a_healthy_node_is_left_alone(healthy_fleet):
@@ -75,8 +84,9 @@ def test_a_node_that_cannot_restart_is_left_drained_escalated_and_the_run_fails(
     fleet.wait_status(node, {"down"})
     state = node_recovery(node=node, reason="down", return_state=True)
     assert state.is_failed()
-    # supervisord retries the start once (startretries=1) before it gives up: FATAL, no process.
-    fleet.wait_for(lambda: fleet.node(node)["state"] == "FATAL", 15, what=f"{node} to be FATAL")
+    # supervisord has given up on it: FATAL after its one retry (startretries=1) of a start that failed
+    # within startsecs, or EXITED when the failing start outlived startsecs (a loaded machine). No process.
+    fleet.wait_for(lambda: fleet.node(node)["state"] in ("FATAL", "EXITED"), 15, what=f"{node} to be FATAL or EXITED")
     assert fleet.pid(node) is None
     assert fleet.server(node).admin_state == "drain"
     messages = [r["body"]["text"] for r in lab.stub_records("slack") if r["path"] == "/api/chat.postMessage"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -22,6 +23,7 @@ from tasks.errors import CommandFailed, InvalidInput, ServiceError
 from tasks.hostinfo import disk_usage, disk_usage_argv, parse_df
 from tasks.services import Docker, ServiceStatus, Supervisor, Systemd, service_manager_for
 from tasks.ssh import CommandResult
+from tests.fleet import wait_for
 from tests.processes import stop_process
 
 
@@ -51,6 +53,7 @@ def test_systemd_commands():
     assert m.restart_argv() == ["sudo", "-n", "systemctl", "restart", "--", "erigon"]
     assert m.start_argv() == ["sudo", "-n", "systemctl", "start", "--", "erigon"]
     assert m.stop_argv() == ["sudo", "-n", "systemctl", "stop", "--", "erigon"]
+    assert m.kill_argv() == ["sudo", "-n", "systemctl", "kill", "--signal=SIGKILL", "--", "erigon"]
     assert m.logs_argv(200) == ["sudo", "-n", "journalctl", "-u", "erigon", "-n", "200", "--no-pager", "-o", "short-iso"]
     assert Systemd("erigon").restart_argv() == ["systemctl", "restart", "--", "erigon"]
 
@@ -62,6 +65,7 @@ def test_docker_commands_quote_the_go_template_as_one_word():
     assert shlex.join(status) == "docker inspect --type container --format '{{.State.Status}} {{.State.Pid}}' -- op-geth"
     assert m.restart_argv() == ["docker", "restart", "-t", "30", "--", "op-geth"]
     assert m.stop_argv() == ["docker", "stop", "-t", "30", "--", "op-geth"]
+    assert m.kill_argv() == ["docker", "kill", "--signal", "KILL", "--", "op-geth"]
     assert m.logs_argv(50) == ["docker", "logs", "--tail", "50", "--", "op-geth"]
     assert Docker("op-geth", sudo=True).start_argv() == ["sudo", "-n", "docker", "start", "--", "op-geth"]
 
@@ -70,6 +74,7 @@ def test_supervisor_commands_pass_the_config_and_tail_in_bytes():
     m = Supervisor("anvil-a", config="/etc/lab/supervisord.conf")
     assert m.status_argv() == ["supervisorctl", "-c", "/etc/lab/supervisord.conf", "status", "anvil-a"]
     assert m.restart_argv() == ["supervisorctl", "-c", "/etc/lab/supervisord.conf", "restart", "anvil-a"]
+    assert m.kill_argv() == ["supervisorctl", "-c", "/etc/lab/supervisord.conf", "signal", "KILL", "anvil-a"]
     assert m.logs_argv(10) == ["supervisorctl", "-c", "/etc/lab/supervisord.conf", "tail", "-2000", "anvil-a", "stdout"]
     assert m.logs_argv(10, "stderr")[-1] == "stderr"
     assert Supervisor("anvil-a").start_argv() == ["supervisorctl", "start", "anvil-a"]
@@ -258,6 +263,11 @@ def test_a_supervised_program_is_stopped_started_and_restarted(supervisord):
     m.restart(run)
     restarted = m.status(run)
     assert restarted.running and restarted.pid != started.pid
+
+    os.kill(restarted.pid, signal.SIGSTOP)  # hung: a stop would wait out its timeout
+    run.run(m.kill_argv(), check=True)
+    wait_for(lambda: not m.status(run).running, 5, interval=0.1, what="the hung program killed")
+    assert not Path(f"/proc/{restarted.pid}").exists() or "Z" in Path(f"/proc/{restarted.pid}/stat").read_text().split()[2]
     assert all(cmd[:3] == ["supervisorctl", "-c", supervisord] for cmd in run.commands)
 
 
