@@ -23,7 +23,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tasks.probes.model import Timeouts  # noqa: E402
+from lab.simfleet import free_ports  # noqa: E402
 from tasks.probes.probe import probe_many_sync  # noqa: E402
 
 DEFAULT_ANVIL = "/opt/rblab/npm/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil"
@@ -53,20 +53,6 @@ class Node:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-
-def free_ports(count: int) -> list[int]:
-    """Distinct free ports: all held open until every one is chosen."""
-    held = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            held.append(s)
-        return [s.getsockname()[1] for s in held]
-    finally:
-        for s in held:
-            s.close()
 
 
 def rpc(url: str, method: str, params: list | None = None):
