@@ -352,7 +352,8 @@ def _socket_problem(path: str) -> str | None:
 
 
 def prefect_programs(paths: Paths) -> list[Program]:
-    """A Prefect server (SQLite, the embedded default) and a process worker."""
+    """A Prefect server (SQLite, the embedded default), a process worker and the prestart server its runs
+    are forked from."""
     prefect_env = {
         "PREFECT_HOME": str(paths.root / "prefect"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -396,7 +397,7 @@ def prefect_programs(paths: Paths) -> list[Program]:
               "--name", "lab-worker"],
         ready=Custom("the worker is ONLINE in its pool", _worker_online),
         # Poll every second rather than every 10: the worker picks up a new run
-        # within ~0.5 s (starting its Python process then takes 2-7 s; see bench/).
+        # within ~0.5 s (its process is then forked by prefect-prestart in under a second; see bench/).
         env=run_env | {"PREFECT_WORKER_QUERY_SECONDS": "1"},
         cwd=str(REPO_ROOT),
         stopwaitsecs=15,
