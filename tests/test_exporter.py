@@ -7,6 +7,7 @@ over HTTP like Prometheus does.
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -162,7 +163,9 @@ def test_a_killed_node_is_down_and_has_no_head(fleet):
     assert value(m, "runbooks_node_head_age_seconds", "eth-c") is None
     assert value(m, "runbooks_node_lag_blocks", "eth-c") is None
     assert value(m, "runbooks_node_up", "eth-a") == 1  # the others are unaffected
-    assert "eth-c does not answer: connection refused" in exporter.log.read_text()
+    # Refused, or reset when the kill lands while a probe is on the wire: either way the log says why.
+    assert re.search(r"eth-c does not answer: (connection refused|connection lost mid-request)",
+                     exporter.log.read_text()), exporter.log.read_text()
 
 
 def test_a_frozen_node_never_makes_a_scrape_wait(fleet):

@@ -16,6 +16,8 @@ import asyncio
 import json
 import os
 import signal
+import socket
+import struct
 import sys
 import threading
 import time
@@ -718,6 +720,31 @@ def test_a_killed_node_is_down(anvils):
     (p, verdict), = judge([("eth-a", node.url)], [ref.url], chain()).values()
     assert not p.ok and p.error == "connection refused"
     assert verdict.status == "down" and "connection refused" in verdict.reason
+
+
+def test_a_node_that_resets_the_connection_mid_request_is_down_and_says_so(anvils):
+    ref = anvils()
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+
+    def reset_every_request():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            conn.recv(65536)
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()  # an RST while the client waits for its answer: the node killed under the request
+
+    threading.Thread(target=reset_every_request, daemon=True).start()
+    try:
+        (p, verdict), = judge([("eth-a", f"http://127.0.0.1:{server.getsockname()[1]}")], [ref.url], chain()).values()
+    finally:
+        server.close()
+    assert not p.ok and p.error.startswith("connection lost mid-request"), p.error
+    assert verdict.status == "down" and "connection lost mid-request" in verdict.reason
 
 
 def test_a_frozen_node_is_down_within_the_configured_timeout(anvils):

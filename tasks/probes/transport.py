@@ -56,6 +56,10 @@ def transport_error(exc: BaseException, timeouts: Timeouts) -> str:
         text = "connection refused" if isinstance(cause, ConnectionRefusedError) else f"cannot connect: {cause}"
     elif isinstance(exc, httpx.RemoteProtocolError):
         text = f"connection dropped: {exc}"
+    elif isinstance(exc, (httpx.ReadError, httpx.WriteError)):
+        # Reset while the request was on the wire, e.g. the node killed under it (httpx's own text is empty).
+        cause = _root_cause(exc)
+        text = "connection lost mid-request" + (f": {cause}" if str(cause) else "")
     elif isinstance(exc, TooLarge):
         text = str(exc)
     else:
