@@ -50,10 +50,10 @@ def close_circuit(node: NodeName, operator: Operator, note: Note) -> dict:
 
 @flow(name="pause-remediation", log_prints=True)
 def pause_remediation(paused: Paused = True, *, reason: Reason, operator: Operator) -> dict:
+    """Pause (or resume) alert-triggered and scheduled remediation across the fleet."""
     # `paused` defaults to on: the UI form then shows the switch on and sends it whatever the operator
     # touches (a required switch left untouched was sent as nothing and the run was refused), and a form
     # submitted as it opens pauses, the safe side.
-    """Pause (or resume) alert-triggered and scheduled remediation across the fleet."""
     rb = Runbook.open(
         "pause-remediation", {"paused": paused, "reason": reason, "operator": operator},
         trigger.describe(reason, operator=operator),

@@ -11,8 +11,8 @@ import pytest
 from prefect.events import emit_event
 
 from tasks import guards
-from tasks.events import NODE_UNHEALTHY, node_resource
 from tasks.audit import AuditRecord, read_entries
+from tasks.events import NODE_UNHEALTHY, node_resource
 from tests import fleet
 from tests.toy_runbook import ACTED, toy_overlap, toy_restart
 
