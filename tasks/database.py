@@ -24,6 +24,7 @@ import re
 import secrets
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -178,7 +179,27 @@ def restore_fingerprints(db: Database, store: ObjectStore, key: str, enc: Encryp
             with psycopg.connect(**db.conninfo(scratch)) as conn:
                 return fingerprints(conn), read
         finally:
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(scratch)))
+            _drop_scratch(admin, scratch)
+
+
+def _drop_scratch(admin: psycopg.Connection, scratch: str, patience_s: float = 30) -> None:
+    """Drop the scratch database once nothing uses it.
+
+    Not WITH (FORCE): it would also try to terminate the autovacuum worker a
+    fresh restore attracts, which a role without pg_signal_backend may not do
+    (PostgreSQL refuses the whole drop). A plain DROP cancels autovacuum by
+    itself; our own connections are closed by now, so only a worker that has
+    not quit yet can be in the way.
+    """
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(scratch)))
+            return
+        except psycopg.errors.ObjectInUse:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def _restore_into(db: Database, store: ObjectStore, key: str, enc: EncryptionKey, expected_sha256: str,

@@ -7,8 +7,12 @@ database's own fingerprints, and no scratch database or open upload left.
 
 from __future__ import annotations
 
+import threading
+import time
+
 import psycopg
 import pytest
+from psycopg import sql
 
 import lab
 from blocks import Database, ObjectStore
@@ -17,7 +21,7 @@ from lab import topology
 from tasks import objectstore
 from tasks.backups.crypto import EncryptionKey
 from tasks.backups.manifest import read_manifest, read_verifications
-from tasks.database import as_records, fingerprints, restore_fingerprints
+from tasks.database import _drop_scratch, as_records, fingerprints, restore_fingerprints, scratch_name
 from tasks.errors import BackupIntegrityError
 from tests import fleet
 
@@ -94,3 +98,21 @@ def test_an_unknown_database_is_refused_before_anything_runs(store):
     assert fleet.run_entries(state) == []  # no audit record: nothing was started
     assert objectstore.list_objects(store, "backups/") == before
     assert len(lab.stub_records("slack")) == pages  # a typo is not an incident
+
+
+def test_a_scratch_database_another_role_still_uses_is_dropped_once_it_lets_go(db):
+    # A fresh restore attracts an autovacuum worker, a process of no role ours
+    # may terminate: DROP ... WITH (FORCE) then refuses the whole drop (a CI
+    # run failed so). The drop waits for the process instead.
+    socket_dir = topology.Paths(topology.lab_dir()).host(topology.DB_HOST) / "pgrun"
+    as_superuser = dict(host=str(socket_dir), port=topology.DB_PORT, user="postgres", autocommit=True)
+    scratch = scratch_name(db.database)
+    with psycopg.connect(**db.conninfo(), autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(scratch)))
+        other = psycopg.connect(**as_superuser, dbname=scratch)
+        threading.Timer(2.0, other.close).start()
+        started = time.monotonic()
+        _drop_scratch(admin, scratch)
+        assert time.monotonic() - started >= 1.5, "dropped while the other process was still connected"
+        assert other.closed
+    assert scratch_databases(db) == []
