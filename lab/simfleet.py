@@ -94,16 +94,21 @@ def free_ports(count: int) -> list[int]:
 
 
 def build_spec(nodes: int, regions: dict[str, float], *, nodes_per_host: int = 10,
-               fault_every: dict[str, int] | None = None, now: float | None = None) -> Spec:
+               fault_every: dict[str, int] | None = None, halted: tuple[str, ...] = (),
+               now: float | None = None) -> Spec:
     """`nodes` spread evenly over `regions` (name -> round trip in seconds) and three chains with the block
     times of Ethereum, Base and Polygon. Faults by index, deterministic: `fault_every` maps a fault to N
-    (every Nth node has it; default 1 in 50 stalled, 1 in 50 lagging, 1 in 100 down, none frozen)."""
+    (every Nth node has it; default 1 in 50 stalled, 1 in 50 lagging, 1 in 100 down, none frozen).
+    `halted` chains stopped as a whole: every node and the reference stalled at the same block (a chain
+    incident, which restarting nodes cannot fix)."""
     now = time.time() if now is None else now
     chains = {
         "sim-eth": SimChain("sim-eth", 1, 12.0, 3, 90, now - 12.0 * 20_000_000),
         "sim-base": SimChain("sim-base", 8453, 2.0, 10, 30, now - 2.0 * 30_000_000),
         "sim-polygon": SimChain("sim-polygon", 137, 2.0, 10, 60, now - 2.0 * 60_000_000),
     }
+    if unknown := set(halted) - set(chains):
+        raise ValueError(f"halted: unknown chain(s) {', '.join(sorted(unknown))} (known: {', '.join(chains)})")
     every = {"stalled": 50, "lagging": 50, "down": 100} if fault_every is None else fault_every
     names = list(regions)
     ports = free_ports(nodes + len(chains))
@@ -112,6 +117,7 @@ def build_spec(nodes: int, regions: dict[str, float], *, nodes_per_host: int = 1
         region = names[i % len(names)]
         chain = list(chains)[(i // len(names)) % len(chains)]
         fault = next((f for f, n in every.items() if n and i % n == FAULT_OFFSETS[f] % n), None)
+        fault = "stalled" if chain in halted else fault
         c = chains[chain]
         out.append(SimNode(
             name=f"{region}-{chain.removeprefix('sim-')}-{i:04d}", chain=chain, region=region,
@@ -121,7 +127,9 @@ def build_spec(nodes: int, regions: dict[str, float], *, nodes_per_host: int = 1
             fault=fault, stalled_at=(now - 10 * c.max_head_age_s) if fault == "stalled" else None))
     nearest = min(regions, key=regions.get)
     refs = [SimNode(name=f"ref-{name}", chain=name, region=nearest, host="ref", port=ports[nodes + j],
-                    rtt_s=regions[nearest]) for j, name in enumerate(chains)]
+                    rtt_s=regions[nearest], fault="stalled" if name in halted else None,
+                    stalled_at=(now - 10 * chains[name].max_head_age_s) if name in halted else None)
+            for j, name in enumerate(chains)]
     return Spec(chains, out, refs)
 
 

@@ -12,6 +12,7 @@ import yaml
 
 from inventory import load_inventory
 from lab import simfleet
+from tasks.guards import chain_incident
 from tasks.probes.assessment import sweep
 from tests.processes import stop_process
 
@@ -40,5 +41,30 @@ def test_every_simulated_node_is_classified_as_built_and_far_regions_cost_their_
         started = time.perf_counter()
         assert sweep(inventory, [far.name]).nodes[far.name].status == "healthy"
         assert time.perf_counter() - started >= 2 * regions["far"]
+    finally:
+        stop_process(proc)
+
+
+def test_a_halted_chain_is_every_node_and_the_reference_stalled_and_reads_as_a_chain_incident(tmp_path):
+    """The 1,000-node storm test (tests/test_storm_scale.py) relies on it for its chain short-circuit."""
+    spec = simfleet.build_spec(12, {"near": 0.001}, fault_every={}, halted=("sim-base",))
+    halted = [n for n in spec.nodes if n.chain == "sim-base"]
+    assert halted and {n.fault for n in halted} == {"stalled"}
+    assert {n.fault for n in spec.nodes if n.chain != "sim-base"} == {None}
+    (tmp_path / "spec.json").write_text(spec.to_json())
+    (tmp_path / "inventory.yaml").write_text(yaml.safe_dump(simfleet.inventory(spec)))
+    inventory = load_inventory(tmp_path / "inventory.yaml")
+    proc = subprocess.Popen([sys.executable, "-m", "lab.simfleet", "serve", "--spec", str(tmp_path / "spec.json")],
+                            cwd=ROOT, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert proc.stdout.readline().startswith("ready")
+        swept = sweep(inventory, [n.name for n in spec.nodes], timeout=1.0)
+        assert {n.name: swept.nodes[n.name].status for n in spec.nodes} == \
+               {n.name: "stalled" if n.chain == "sim-base" else "healthy" for n in spec.nodes}
+        incident = chain_incident(inventory, "sim-base", {n: swept.nodes[n] for n in inventory.nodes_on_chain("sim-base")},
+                                  swept.references["sim-base"])
+        assert incident and "every reference head is stale" in incident
+        assert chain_incident(inventory, "sim-eth", {n: swept.nodes[n] for n in inventory.nodes_on_chain("sim-eth")},
+                              swept.references["sim-eth"]) is None
     finally:
         stop_process(proc)
