@@ -183,6 +183,28 @@ def run_outcome(run_id) -> str | None:
     return (outcomes[-1].get("data") or {}).get("status") if outcomes else None
 
 
+def run_steps(run_id) -> dict[str, float]:
+    """Seconds the run spent in each of its steps, from its own audit records: what each guard costs.
+
+    A step lasts from its marker to the next one; "start" is the run's first record up to its lease,
+    "lease" the lease up to the first step, and the last step ends at the outcome."""
+    from tasks.audit import entry_time, read_entries
+
+    marks = []
+    for e in read_entries(run_id=str(run_id)):
+        data = e.get("data") or {}
+        if e["kind"] == "started":
+            marks.append(("start", entry_time(e)))
+        elif e["kind"] == "guard" and data.get("name") == "lease-taken":
+            marks.append(("lease", entry_time(e)))
+        elif e["kind"] == "note" and data.get("text") == "step":
+            marks.append((data["step"], entry_time(e)))
+        elif e["kind"] == "outcome":
+            marks.append(("outcome", entry_time(e)))
+    return {name: round((marks[i + 1][1] - at).total_seconds(), 2)
+            for i, (name, at) in enumerate(marks[:-1]) if at and marks[i + 1][1]}
+
+
 def measure(p: Pipeline, node: str, kind: str, deadline_s: float) -> dict:
     """Inject one fault and time every stage until the node is back, or the deadline passes."""
     import lab
@@ -281,6 +303,7 @@ def measure(p: Pipeline, node: str, kind: str, deadline_s: float) -> dict:
 
     if rec["run_id"]:
         rec["run_outcome"] = run_outcome(rec["run_id"])
+        rec["run_steps"] = run_steps(rec["run_id"])
         try:
             rec.update(run_phases(run, rec["t2"]))
         except Exception as exc:  # noqa: BLE001 - a detail; the stages above stand without it
@@ -493,6 +516,14 @@ def main() -> int:
         if key == "event_to_run_start_s":
             for sub, sub_label in PHASES:
                 print(f"  {sub_label:26} {fmt(medians[sub])} s")
+    steps = [name for r in results if r["ok"] for name in r.get("run_steps", {})]
+    step_medians = {name: round(statistics.median(r["run_steps"][name] for r in results
+                                                  if r["ok"] and name in r.get("run_steps", {})), 2)
+                    for name in dict.fromkeys(steps)}
+    print("  inside the run, by step (median; the guards are start, lease, assess-chain, check-disruption-budget):")
+    for name, seconds in step_medians.items():
+        print(f"    {name:24} {fmt(seconds)} s")
+    medians["run_steps"] = step_medians
     for r in results:
         if r["error"]:
             print(f"{r['node']}: {r['error']}")

@@ -4,15 +4,17 @@ process (`prefect server services start`), PostgreSQL for state, and Redis (thro
 messaging, the cache, causal event ordering, concurrency-lease storage and the docket. API authentication is
 on (Prefect OSS has one shared basic-auth login); migrations run once, before any server starts.
 
-This module says what to run and with which settings; whoever runs it (the tests, a lab) starts and stops
-the processes. Secrets (the database password, the API login) reach processes through the environment only.
+HaPrefect says what to run and with which settings; LocalStack runs it all on loopback for the tests and
+the orchestration bench. Secrets (the database password, the API login) reach processes through the environment only.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -134,3 +136,90 @@ def redis_argv(port: int, directory: Path) -> list[str]:
     that forgot them would strand their slots in PostgreSQL for good (nothing left to expire)."""
     return ["/usr/bin/redis-server", "--bind", "127.0.0.1", "--port", str(port), "--dir", str(directory),
             "--save", "", "--appendonly", "yes", "--appendfsync", "everysec", "--protected-mode", "yes"]
+
+
+HAPROXY = "/usr/sbin/haproxy"
+
+
+def api_healthy(url: str, timeout: float = 2) -> bool:
+    """GET {url}/health answers 200 (an API server's, or the balancer's in front of them)."""
+    import httpx
+
+    try:
+        return httpx.get(f"{url}/health", timeout=timeout).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def redis_ready(port: int) -> bool:
+    done = subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True, timeout=5)
+    return done.stdout.strip() == "PONG"
+
+
+def wait_until(check, seconds: float, what: str, interval: float = 0.3) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not ready within {seconds:.0f}s")
+        time.sleep(interval)
+
+
+class LocalStack:
+    """The HA shape's processes on loopback, started by this process and stopped by PID (tests, benches).
+
+    Each runs in a session of its own, so a stop reaches its whole group and nothing else."""
+
+    def __init__(self, ha: HaPrefect, root: Path, redis_port: int):
+        self.ha, self.root, self.redis_port = ha, root, redis_port
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.argv: dict[str, tuple[list[str], dict[str, str]]] = {}
+        (root / "redis").mkdir(parents=True, exist_ok=True)
+        self.argv["redis"] = (redis_argv(redis_port, root / "redis"), {})
+        for p in ha.processes():
+            self.argv[p.name] = (p.argv, p.env)
+        (root / "haproxy.cfg").write_text(ha.haproxy_config())
+        self.argv["haproxy"] = ([HAPROXY, "-db", "-f", str(root / "haproxy.cfg")], {})
+
+    def start(self, name: str) -> None:
+        argv, env = self.argv[name]
+        with open(self.root / f"{name}.log", "ab") as log:
+            self.procs[name] = subprocess.Popen(argv, env=os.environ | env, stdout=log, stderr=subprocess.STDOUT,
+                                                stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.root)
+
+    def start_all(self) -> LocalStack:
+        """Redis, the migration, the API servers one at a time, the services process, then the balancer."""
+        self.start("redis")
+        wait_until(lambda: redis_ready(self.redis_port), 20, "redis")
+        self.ha.migrate()
+        for p in self.ha.processes():  # one at a time (see HaPrefect.processes)
+            self.start(p.name)
+            if p.port:
+                self.wait_api(p.port, p.name)
+        self.start("haproxy")
+        wait_until(lambda: api_healthy(self.ha.api_url), 30, "the balancer")
+        return self
+
+    def wait_api(self, port: int, what: str, seconds: float = 90) -> None:
+        wait_until(lambda: api_healthy(f"http://127.0.0.1:{port}/api"), seconds, f"{what} on {port}")
+
+    def kill(self, name: str) -> None:
+        proc = self.procs.pop(name)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+    def stop(self, name: str, grace: float = 10) -> None:
+        proc = self.procs.pop(name)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+
+    def stop_all(self) -> None:
+        for name in reversed(list(self.procs)):
+            self.stop(name)
+
+    def logs(self) -> str:
+        return "".join(p.read_text(errors="replace") for p in self.root.glob("*.log"))

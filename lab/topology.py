@@ -159,7 +159,10 @@ SEGMENT_FILES, SEGMENT_BYTES = 8, 3 * 1024 * 1024
 # Thresholds written into the inventory for both chains.
 CHAIN_THRESHOLDS = {
     "max_lag_blocks": 5,
-    "max_head_age_seconds": 8,
+    # 5x the block time: a healthy follower's head is 0-2 s old (it mines
+    # what it lacks every 0.5 s, stamped to the second), so jitter does not
+    # cross 5 s, and the stall rule alerts ~7 s after a stall.
+    "max_head_age_seconds": 5,
     "recovery_deadline_seconds": 60,
     # The default budget (3 an hour), with back-offs short enough for tests to watch them.
     "restart_budget": {"max_restarts": 3, "window_seconds": 3600, "backoff_seconds": [0, 5, 10]},

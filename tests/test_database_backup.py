@@ -21,7 +21,13 @@ from lab import topology
 from tasks import objectstore
 from tasks.backups.crypto import EncryptionKey
 from tasks.backups.manifest import read_manifest, read_verifications
-from tasks.database import _drop_scratch, as_records, fingerprints, restore_fingerprints, scratch_name
+from tasks.database import (
+    _drop_scratch,
+    as_records,
+    fingerprints,
+    restore_fingerprints,
+    scratch_name,
+)
 from tasks.errors import BackupIntegrityError
 from tests import fleet
 
@@ -105,7 +111,7 @@ def test_a_scratch_database_another_role_still_uses_is_dropped_once_it_lets_go(d
     # may terminate: DROP ... WITH (FORCE) then refuses the whole drop (a CI
     # run failed so). The drop waits for the process instead.
     socket_dir = topology.Paths(topology.lab_dir()).host(topology.DB_HOST) / "pgrun"
-    as_superuser = dict(host=str(socket_dir), port=topology.DB_PORT, user="postgres", autocommit=True)
+    as_superuser = {"host": str(socket_dir), "port": topology.DB_PORT, "user": "postgres", "autocommit": True}
     scratch = scratch_name(db.database)
     with psycopg.connect(**db.conninfo(), autocommit=True) as admin:
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(scratch)))

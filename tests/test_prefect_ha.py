@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import textwrap
@@ -17,57 +16,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from lab.prefect_ha import HaPrefect, redis_argv
-from tests.postgres import postgres_server  # noqa: F401 - pytest fixture
+from lab.prefect_ha import HaPrefect, LocalStack, api_healthy, redis_ready
 from tests.fleet import wait_for
-from tests.processes import free_port, stop_process
+from tests.postgres import postgres_server  # noqa: F401 - pytest fixture
+from tests.processes import free_port
 
-HAPROXY = "/usr/sbin/haproxy"
 pytestmark = [pytest.mark.skipif(not Path("/usr/bin/redis-server").exists(), reason="redis-server is installed by `make setup`"),
               pytest.mark.early]
-
-
-class Stack:
-    """The running processes by name, and how to (re)start each."""
-
-    def __init__(self, ha: HaPrefect, root: Path, redis_port: int):
-        self.ha, self.root, self.redis_port = ha, root, redis_port
-        self.procs: dict[str, subprocess.Popen] = {}
-        self.argv: dict[str, tuple[list[str], dict[str, str]]] = {}
-
-    def define(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
-        self.argv[name] = (argv, env or {})
-
-    def start(self, name: str) -> None:
-        argv, env = self.argv[name]
-        log = open(self.root / f"{name}.log", "ab")
-        self.procs[name] = subprocess.Popen(argv, env=os.environ | env, stdout=log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.root)
-        log.close()
-
-    def kill(self, name: str) -> None:
-        proc = self.procs.pop(name)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
-
-    def stop_all(self) -> None:
-        for name in reversed(list(self.procs)):
-            stop_process(self.procs.pop(name))
-
-    def logs(self) -> str:
-        return "".join(p.read_text(errors="replace") for p in self.root.glob("*.log"))
-
-
-def healthy(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/health", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-def redis_ready(port: int) -> bool:
-    done = subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True, timeout=5)
-    return done.stdout.strip() == "PONG"
 
 
 @pytest.fixture(scope="module")
@@ -75,30 +30,12 @@ def stack(postgres_server, tmp_path_factory):  # noqa: F811 - the fixture import
     root = tmp_path_factory.mktemp("prefect-ha")
     db = postgres_server.create_database()
     password = secrets.token_hex(16)
-    redis_port = free_port()
     ha = HaPrefect(home=root / "home", database_url=f"postgresql+asyncpg://postgres@127.0.0.1:{postgres_server.port}/{db}",
-                   redis_host="127.0.0.1", redis_port=redis_port, api_ports=(free_port(), free_port()),
+                   redis_host="127.0.0.1", redis_port=free_port(), api_ports=(free_port(), free_port()),
                    lb_port=free_port(), auth_string=f"runbooks:{password}")
-    s = Stack(ha, root, redis_port)
-    (root / "redis").mkdir()
-    s.define("redis", redis_argv(redis_port, root / "redis"))
-    for p in ha.processes():
-        s.define(p.name, p.argv, p.env)
-    (root / "haproxy.cfg").write_text(ha.haproxy_config())
-    s.define("haproxy", [HAPROXY, "-db", "-f", str(root / "haproxy.cfg")])
+    s = LocalStack(ha, root, ha.redis_port)
     try:
-        s.start("redis")
-        wait_for(lambda: redis_ready(redis_port), 20, what="redis")
-        started = time.monotonic()
-        ha.migrate()  # once, before any server
-        s.migrate_s = time.monotonic() - started
-        for p in ha.processes():  # one at a time (see HaPrefect.processes)
-            s.start(p.name)
-            if p.port:
-                wait_for(lambda port=p.port: healthy(f"http://127.0.0.1:{port}/api"), 90, what=f"{p.name} on {p.port}")
-        s.start("haproxy")
-        wait_for(lambda: healthy(ha.api_url), 30, what="the balancer")
-        yield s
+        yield s.start_all()
     finally:
         s.stop_all()
 
@@ -108,7 +45,7 @@ def auth(ha: HaPrefect) -> tuple[str, str]:
     return user, password
 
 
-def run_flow(stack: Stack, seconds: float, name: str) -> subprocess.Popen:
+def run_flow(stack: LocalStack, seconds: float, name: str) -> subprocess.Popen:
     """A flow of one-second tasks, run against the balancer in a process of its own; prints its run id."""
     code = textwrap.dedent(f"""
         import time
@@ -139,7 +76,7 @@ def run_id_of(proc: subprocess.Popen) -> str:
     raise AssertionError("the flow never started")
 
 
-def flow_run_state(stack: Stack, run_id: str, via: str | None = None) -> str:
+def flow_run_state(stack: LocalStack, run_id: str, via: str | None = None) -> str:
     url = via or stack.ha.api_url
     r = httpx.get(f"{url}/flow_runs/{run_id}", auth=auth(stack.ha), timeout=10)
     r.raise_for_status()
@@ -171,7 +108,7 @@ def test_a_flow_run_completes_while_one_api_server_is_killed_under_it(stack):
             proc.kill()
         if "prefect-api-1" not in stack.procs:
             stack.start("prefect-api-1")
-            wait_for(lambda: healthy(f"http://127.0.0.1:{stack.ha.api_ports[0]}/api"), 90, what="prefect-api-1 again")
+            stack.wait_api(stack.ha.api_ports[0], "prefect-api-1 again")
 
 
 def test_a_lease_taken_through_one_server_holds_through_the_other_and_across_a_redis_restart(stack):
@@ -189,10 +126,10 @@ def test_a_lease_taken_through_one_server_holds_through_the_other_and_across_a_r
     lease_id = held.json()["lease_id"]
     assert take(two).status_code == 423  # the other server sees the slot taken
 
-    stop_process(stack.procs.pop("redis"))  # the leases live in Redis: a restart must not forget this one
+    stack.stop("redis")  # the leases live in Redis: a restart must not forget this one
     stack.start("redis")
     wait_for(lambda: redis_ready(stack.redis_port), 20, what="redis again")
-    wait_for(lambda: healthy(ha.api_url), 30, what="the API after the Redis restart")
+    wait_for(lambda: api_healthy(ha.api_url), 30, what="the API after the Redis restart")
     assert take(two).status_code == 423, "the slot came free when Redis restarted"
     renewed = httpx.post(f"{two}/v2/concurrency_limits/leases/{lease_id}/renew", json={"lease_duration": 60},
                          auth=auth(ha), timeout=10)
