@@ -13,8 +13,8 @@ import json
 import sys
 import time
 
-from tasks import objectstore
 from blocks import ObjectStore
+from tasks import objectstore
 from tests.test_objectstore import MiB, Pipe
 
 
