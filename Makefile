@@ -4,7 +4,7 @@ export PATH := $(HOME)/.local/bin:$(PATH)
 UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 PY := $(UV) run --frozen python
 
-.PHONY: setup demo demo-down test bench lab-up lab-down lab-status
+.PHONY: setup demo demo-ha demo-down test bench lab-up lab-down lab-status
 
 # Installs uv (from PyPI), the locked Python deps, and the lab's Debian and npm packages.
 setup:
@@ -16,6 +16,11 @@ setup:
 # fixed by the runbook with no human action. `make demo-down` stops it all.
 demo: setup
 	$(PY) -m lab.demo
+
+# The same with Prefect highly available: two API servers behind HAProxy, a services process,
+# PostgreSQL and Redis, API authentication on (lab/prefect_ha.py).
+demo-ha: setup
+	$(PY) -m lab.demo --ha
 
 demo-down:
 	$(PY) -m lab down

@@ -70,6 +70,12 @@ STAGES = [  # (key, label, from, to)
 ]
 
 
+def prefect_auth() -> tuple[str, str] | None:
+    """The Prefect API's login when it has one (the HA shape, `lab up --ha`), for Prefect's URLs only."""
+    login = os.environ.get("PREFECT_API_AUTH_STRING")
+    return tuple(login.split(":", 1)) if login else None
+
+
 def parse_ts(text: str | None) -> float | None:
     """RFC 3339 (Prefect or Alertmanager) -> epoch seconds; None for Go's zero time."""
     if not text or text.startswith("0001-"):
@@ -123,7 +129,7 @@ class Pipeline:
         """runbooks.alert.firing events on the node's resource since `since`, oldest first."""
         from tasks.events import ALERT_FIRING
 
-        r = self.http.post(f"{os.environ['PREFECT_API_URL'].rstrip('/')}/events/filter", json={
+        r = self.http.post(f"{os.environ['PREFECT_API_URL'].rstrip('/')}/events/filter", auth=prefect_auth(), json={
             "filter": {"event": {"name": [ALERT_FIRING]}, "resource": {"id": [f"runbooks.node.{node}"]},
                        "occurred": {"since": iso(since)}, "order": "ASC"},
             "limit": 20,
@@ -355,7 +361,8 @@ def preflight(p: Pipeline, plan: list[str], http) -> list[str]:
     why = []
     api = os.environ["PREFECT_API_URL"].rstrip("/")
     try:
-        workers = http.post(f"{api}/work_pools/runbooks/workers/filter", json={"limit": 10}, timeout=5).json()
+        workers = http.post(f"{api}/work_pools/runbooks/workers/filter", json={"limit": 10}, timeout=5,
+                            auth=prefect_auth()).json()
         if not any(w.get("status") == "ONLINE" for w in workers):
             why.append("no ONLINE worker in work pool 'runbooks'")
     except Exception as exc:  # noqa: BLE001

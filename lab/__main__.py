@@ -1,4 +1,4 @@
-"""python -m lab up | down | status [--json] | fault NODE stall|freeze|kill|partition|lag|fill-disk [PERCENT] | heal NODE | install"""
+"""python -m lab up [--ha] | down | status [--json] | fault NODE stall|freeze|kill|partition|lag|fill-disk [PERCENT] | heal NODE | install"""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ def _print_status(st: dict) -> None:
         print(f"WARNING: `up` did not finish (state {st['state']!r}): run `python -m lab down`, then `up`")
     print(f"lab up at {st['lab_dir']}  (started {st['started_at']})")
     print(f"checkout   {st.get('checkout') or '(unknown: not recorded)'}")
+    print(f"prefect    {st.get('prefect_shape', 'embedded')} at {topology.PREFECT_API_URL}")
     print(f"inventory  {st['inventory']}")
     print()
     rows = [("NODE", "CHAIN", "HOST", "NAMESPACE", "RPC", "STATE", "PID", "HEAD", "FAULT")]
@@ -53,7 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m lab", description=f"The runbook lab (LAB_DIR={topology.lab_dir()}).")
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("install", help="install what the lab needs (idempotent)")
-    sub.add_parser("up", help="build and start the lab")
+    u = sub.add_parser("up", help="build and start the lab")
+    u.add_argument("--ha", action="store_true",
+                   help="Prefect highly available: 2 API servers behind HAProxy, a services process, PostgreSQL, Redis")
     sub.add_parser("down", help="stop everything and remove LAB_DIR")
     s = sub.add_parser("status", help="show the lab")
     s.add_argument("--json", action="store_true")
@@ -69,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         if a.cmd == "install":
             install()
         elif a.cmd == "up":
-            control.up()
+            control.up(ha=a.ha)
         elif a.cmd == "down":
             control.down()
         elif a.cmd == "status":

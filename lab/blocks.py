@@ -1,55 +1,25 @@
-"""Save the lab's block documents: SSH identity, Slack, PagerDuty, HAProxy admin, object store, database.
-
-Secrets for the lab are made up here once per lab (random, so a test can scan
-every log, artifact, event and audit record for them) and kept in
-$LAB_DIR/secrets.json, mode 600.
-"""
+"""Save the lab's block documents: SSH identity, Slack, PagerDuty, HAProxy admin, object store, database,
+with the lab's secrets (lab/credentials.py)."""
 
 from __future__ import annotations
 
-import json
-import os
-import secrets
 from pathlib import Path
 
 from prefect.blocks.system import Secret
 
-from blocks import Database, HAProxyAdmin, ObjectStore, PagerDutyService, SlackWorkspace, SshIdentity
+from blocks import (
+    Database,
+    HAProxyAdmin,
+    ObjectStore,
+    PagerDutyService,
+    SlackWorkspace,
+    SshIdentity,
+)
 from lab import topology as t
+from lab.credentials import lab_secrets, write_secret_file
 
 STUB_URL = "http://127.0.0.1:18080"
 HAPROXY_ADMIN = "tcp://127.0.0.1:19999"
-
-
-def _new_secrets() -> dict[str, str]:
-    return {
-        "slack_token": "xoxb-lab-" + secrets.token_hex(16),
-        "pagerduty_routing_key": "R0LAB" + secrets.token_hex(14),
-        "bridge_token": "brg-" + secrets.token_hex(20),
-        "store_access_key": "AKLAB" + secrets.token_hex(8).upper(),
-        "store_secret_key": "sk-lab-" + secrets.token_hex(20),
-        "backup_key": secrets.token_hex(32),  # AES-256, 64 hex digits
-        "db_password": "pw-lab-" + secrets.token_hex(16),
-    }
-
-
-def lab_secrets(lab_dir: Path) -> dict[str, str]:
-    path = lab_dir / "secrets.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    values = _new_secrets()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(values, f)
-    return values
-
-
-def write_secret_file(path: Path, text: str) -> None:
-    """A mode-600 file holding a secret, for a program that reads it at start."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
 
 
 def write_bridge_token(lab_dir: Path, path: Path) -> None:

@@ -319,6 +319,7 @@ def _write_files(paths: Paths, root_programs: list[Program]) -> dict[str, list[P
                 socket_owner=t.SERVICE_USER,
             )
         )
+    paths.supervisord_conf.touch(mode=0o600)  # programs' environments hold secrets (the HA shape's logins)
     paths.supervisord_conf.write_text(
         supervisor.render_config(
             root_programs,
@@ -350,11 +351,18 @@ def _tail(path: str | Path | None, lines: int = 3) -> str:
     return " | ".join(line.strip() for line in text)
 
 
-def _wait_ready(paths: Paths, root_programs: list[Program], by_host: dict[str, list[Program]], log) -> None:
-    """Until every program is RUNNING and passes its readiness check, or the deadline."""
+# Ready only once Prefect answers: in the HA shape, checked after _start_prefect_ha.
+NEEDS_PREFECT = ("alert-bridge",)
+
+
+def _wait_ready(paths: Paths, root_programs: list[Program], by_host: dict[str, list[Program]], log,
+                later: tuple[str, ...] = ()) -> None:
+    """Until every program is RUNNING and passes its readiness check, or the deadline; `later` not yet."""
     pending: dict[str, tuple[Path, Program]] = {}
     for p in root_programs:
-        pending[p.name] = (paths.supervisord_sock, p)
+        # The HA shape's Prefect is started later, in order (_start_prefect_ha).
+        if p.autostart and p.name not in later:
+            pending[p.name] = (paths.supervisord_sock, p)
     for host, progs in by_host.items():
         for p in progs:
             if not p.autostart:
@@ -388,8 +396,34 @@ def _wait_ready(paths: Paths, root_programs: list[Program], by_host: dict[str, l
         )
 
 
-def up(log=print) -> dict:
-    """Build and start the whole lab; returns status(). Refuses if it is already up."""
+def _start_prefect_ha(paths: Paths, root_programs: list[Program], log) -> None:
+    """The HA shape's Prefect, in the order it needs: its database, the migration (once, before any
+    server), each API server once the one before answers, the services process, the balancer, then the
+    prestart server and the worker that use it."""
+    ha = services.lab_ha(paths)
+    services.create_prefect_database(paths)
+    started = time.monotonic()
+    ha.migrate()
+    log(f"prefect database migrated in {time.monotonic() - started:.1f}s")
+    by_name = {p.name: p for p in root_programs}
+    rpc = supervisor.client(paths.supervisord_sock, timeout=60)
+    for name in [*(p.name for p in ha.processes()), "prefect-lb", "prefect-prestart", "prefect-worker",
+                 *NEEDS_PREFECT]:
+        program = by_name[name]
+        if name not in NEEDS_PREFECT:  # those run already, waiting for Prefect
+            rpc.supervisor.startProcess(name, True)
+        end = time.monotonic() + UP_DEADLINE_SECONDS
+        while (why := program.ready.check() if program.ready else None) is not None:
+            if time.monotonic() > end:
+                raise LabError(f"{name} not ready within {UP_DEADLINE_SECONDS:.0f}s: {why} "
+                               f"(log {paths.logs / (name + '.log')}: {_tail(paths.logs / (name + '.log'))})")
+            time.sleep(0.3)
+
+
+def up(log=print, ha: bool = False) -> dict:
+    """Build and start the whole lab; returns status(). Refuses if it is already up.
+
+    `ha`: Prefect in the highly available shape (lab/prefect_ha.py) instead of one SQLite server."""
     paths = _paths()
     if is_up():
         raise LabError(f"the lab is already up at {paths.root} (run `python -m lab down` first)")
@@ -409,17 +443,22 @@ def up(log=print) -> dict:
         down(log=lambda *_: None)
     busy = [f"127.0.0.1:{p}" for p in (*(c.frontend_port for c in t.CHAINS.values()), t.HAPROXY_ADMIN_PORT, t.STUB_PORT, t.PREFECT_PORT,
                                  t.EXPORTER_PORT, t.BRIDGE_PORT, t.PROMETHEUS_PORT, t.ALERTMANAGER_PORT, t.RELEASES_PORT,
-                                 *t.OBJECT_STORE_PORTS.values(), *(p + 10000 for p in t.OBJECT_STORE_PORTS.values()))
+                                 *t.OBJECT_STORE_PORTS.values(), *(p + 10000 for p in t.OBJECT_STORE_PORTS.values()),
+                                 *t.PREFECT_HA_API_PORTS, t.REDIS_PORT)
             if not _port_free("127.0.0.1", p)]
     if busy:
         raise LabError(f"ports already in use: {', '.join(busy)} (another lab or service?)")
 
     started = time.monotonic()
+    if ha:  # before any program is defined: runbook_env and prefect_programs read it
+        paths.root.mkdir(parents=True, exist_ok=True)
+        (paths.root / t.HA_MARKER).write_text("`python -m lab up --ha`: Prefect on PostgreSQL and Redis\n")
     root_programs = services.root_programs(paths)
     try:
         by_host = _write_files(paths, root_programs)
         record = render.lab_record(paths, [p.name for p in root_programs])
         record["checkout"] = str(CHECKOUT)
+        record["prefect_shape"] = "ha" if ha else "embedded"
         _write_record(paths, record)
         netns.create(str(paths.root))
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
@@ -429,8 +468,10 @@ def up(log=print) -> dict:
         with ThreadPoolExecutor(max_workers=len(starts)) as pool:
             for started_one in [pool.submit(supervisor.start, *args) for args in starts]:
                 started_one.result()
-        _wait_ready(paths, root_programs, by_host, log)
+        _wait_ready(paths, root_programs, by_host, log, later=NEEDS_PREFECT if ha else ())
         services.fill_database(paths)
+        if ha:
+            _start_prefect_ha(paths, root_programs, log)
     except LabError:
         raise
     except Exception as exc:

@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--node", default="eth-b")
     parser.add_argument("--fault", default="stall", choices=["stall", "freeze", "kill"])
     parser.add_argument("--timeout", type=float, default=300)
+    parser.add_argument("--ha", action="store_true", help="start the lab with Prefect in the HA shape (`lab up --ha`)")
     args = parser.parse_args(argv)
 
     paths = topology.Paths(topology.lab_dir())
@@ -35,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     if not control.is_up():
         print("starting the lab: 4 hosts (sshd + supervisord; h4 the standby), 5 nodes, 2 references, HAProxy, Prometheus, "
               "Alertmanager, SeaweedFS, PostgreSQL, Prefect server and worker")
-        control.up()
+        control.up(ha=args.ha)
+        os.environ.update(services.runbook_env(paths))  # the HA shape's API login, now that it exists
     from deployments import register
     from lab.blocks import save_lab_blocks
     from lab.runs import flow_runs, set_automation

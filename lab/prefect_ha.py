@@ -17,6 +17,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 MIGRATE_TIMEOUT_S = 300
 
@@ -88,6 +89,9 @@ class HaPrefect:
                               timeout=MIGRATE_TIMEOUT_S)
         if done.returncode != 0:
             tail = (done.stderr or done.stdout).strip()[-1500:].replace(self.auth_string, "***")
+            db_password = urlsplit(self.database_url).password
+            if db_password:
+                tail = tail.replace(db_password, "***").replace(unquote(db_password), "***")
             raise RuntimeError(f"prefect database migration failed ({done.returncode}): {tail}")
 
     def processes(self) -> list[Process]:

@@ -10,6 +10,7 @@ supervisord config, `up`'s readiness wait, `status` and `down` all follow.
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import json
 import shlex
@@ -27,8 +28,9 @@ from deployments.prestart import SOCKET_ENV as PRESTART_SOCKET_ENV
 
 from . import haproxy
 from . import releases as lab_releases
-from .labnode import rpc  # labnode.py runs stand-alone (stdlib only), so the one copy lives there
 from . import topology as t
+from .labnode import rpc  # labnode.py runs stand-alone (stdlib only), so the one copy lives there
+from .prefect_ha import HaPrefect, redis_argv, redis_ready
 from .topology import Paths
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -201,7 +203,7 @@ def root_programs(paths: Paths) -> list[Program]:
             priority=300,
         )
     )
-    programs += prefect_programs(paths)
+    programs += prefect_programs(paths, ha=is_ha(paths))
     programs += alerting_programs(paths)
     programs.append(object_store_program(paths))
     return programs
@@ -213,7 +215,7 @@ def root_programs(paths: Paths) -> list[Program]:
 def object_store_program(paths: Paths) -> Program:
     """SeaweedFS `weed mini` with the lab's bucket. Its credentials reach it from a
     mode-600 file read by the shell at start, never from the supervisord config."""
-    from lab.blocks import lab_secrets, write_secret_file
+    from lab.credentials import lab_secrets, write_secret_file
 
     store = paths.object_store
     creds = store / "credentials.env"
@@ -241,7 +243,7 @@ def object_store_program(paths: Paths) -> Program:
 def lab_object_store(paths: Paths):
     """The lab's store as a block value (not saved): for readiness checks and tests."""
     from blocks import ObjectStore
-    from lab.blocks import lab_secrets
+    from lab.credentials import lab_secrets
 
     values = lab_secrets(paths.root)
     return ObjectStore(endpoint_url=t.OBJECT_STORE_URL, bucket=t.BACKUP_BUCKET, access_key_id=values["store_access_key"],
@@ -299,7 +301,7 @@ def fill_database(paths: Paths) -> None:
     from psycopg import sql
 
     from lab import mevdb
-    from lab.blocks import lab_secrets
+    from lab.credentials import lab_secrets
 
     password = lab_secrets(paths.root)["db_password"]
     run = paths.host(t.DB_HOST) / "pgrun"
@@ -316,21 +318,59 @@ def fill_database(paths: Paths) -> None:
         mevdb.generate(conn, t.DB_EXECUTIONS, t.DB_SEED, yesterday)
 
 
+def is_ha(paths: Paths) -> bool:
+    """The lab runs (or is being built as) the HA shape: `lab up --ha`."""
+    return (paths.root / t.HA_MARKER).exists()
+
+
 def runbook_env(paths: Paths) -> dict[str, str]:
     """What a process needs to run runbooks against this lab (worker, demo, tests)."""
-    return {
+    env = {
         "PREFECT_API_URL": t.PREFECT_API_URL,
         "RUNBOOKS_INVENTORY": str(paths.inventory),
         "RUNBOOKS_AUDIT_DIR": str(paths.root / "audit"),
         "RUNBOOKS_HOME": str(REPO_ROOT),
     }
+    if is_ha(paths):  # the HA API refuses requests without its login
+        env["PREFECT_API_AUTH_STRING"] = lab_ha(paths).auth_string
+    return env
 
 
-def _worker_online() -> str | None:
+def lab_ha(paths: Paths) -> HaPrefect:
+    """The HA shape on the lab: Prefect's database on the lab's PostgreSQL (host h3, the MEV database's
+    server, its owner role), Redis and two API servers on loopback, the balancer on PREFECT_PORT."""
+    from urllib.parse import quote
+
+    from lab.credentials import lab_secrets
+
+    secrets = lab_secrets(paths.root)
+    db = (f"postgresql+asyncpg://{t.DB_USER}:{quote(secrets['db_password'], safe='')}@"
+          f"{t.HOSTS[t.DB_HOST].address}:{t.DB_PORT}/{t.PREFECT_DB_NAME}")
+    return HaPrefect(home=paths.root / "prefect", database_url=db, redis_host="127.0.0.1", redis_port=t.REDIS_PORT,
+                     api_ports=t.PREFECT_HA_API_PORTS, lb_port=t.PREFECT_PORT,
+                     auth_string=f"runbooks:{secrets['prefect_api_password']}")
+
+
+def create_prefect_database(paths: Paths) -> None:
+    """Prefect's own database on the lab's PostgreSQL, owned by the lab's role (the HA shape)."""
+    import psycopg
+    from psycopg import sql
+
+    run = paths.host(t.DB_HOST) / "pgrun"
+    with psycopg.connect(host=str(run), port=t.DB_PORT, user="postgres", dbname="postgres", autocommit=True) as admin:
+        if not admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (t.PREFECT_DB_NAME,)).fetchone():
+            admin.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                sql.Identifier(t.PREFECT_DB_NAME), sql.Identifier(t.DB_USER)))
+
+
+def _worker_online(auth_string: str | None = None) -> str | None:
     """The worker has registered with the server (it heartbeats every few seconds)."""
     body = json.dumps({"limit": 5}).encode()
     url = f"{t.PREFECT_API_URL}/work_pools/{t.WORK_POOL}/workers/filter"
-    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    if auth_string:
+        headers["Authorization"] = "Basic " + base64.b64encode(auth_string.encode()).decode()
+    req = urllib.request.Request(url, data=body, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=2) as resp:
             workers = json.loads(resp.read())
@@ -351,9 +391,11 @@ def _socket_problem(path: str) -> str | None:
     return None
 
 
-def prefect_programs(paths: Paths) -> list[Program]:
+def prefect_programs(paths: Paths, ha: bool = False) -> list[Program]:
     """A Prefect server (SQLite, the embedded default), a process worker and the prestart server its runs
-    are forked from."""
+    are forked from. With `ha`, the server is the HA shape instead (prefect_ha_programs); its programs, the
+    prestart server and the worker are then left stopped for `lab up` to start in order
+    (control._start_prefect_ha): migrations first, one API server at a time."""
     prefect_env = {
         "PREFECT_HOME": str(paths.root / "prefect"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -369,7 +411,7 @@ def prefect_programs(paths: Paths) -> list[Program]:
         "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL": "0.5",
         "PYTHONUNBUFFERED": "1",
     }
-    server = Program(
+    servers = prefect_ha_programs(paths) if ha else [Program(
         name="prefect-server",
         argv=[sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(t.PREFECT_PORT)],
         ready=HttpOk(f"{t.PREFECT_API_URL}/health", timeout=2.0),
@@ -377,7 +419,7 @@ def prefect_programs(paths: Paths) -> list[Program]:
         cwd=str(REPO_ROOT),
         stopwaitsecs=15,
         priority=400,
-    )
+    )]
     # Each run's process is forked from this warm server instead of importing everything anew
     # (deployments/prestart.py); without it the run command starts cold, as Prefect does.
     prestart_socket = str(paths.root / "prefect" / "prestart.sock")
@@ -390,12 +432,13 @@ def prefect_programs(paths: Paths) -> list[Program]:
         cwd=str(REPO_ROOT),
         stopwaitsecs=5,
         priority=440,
+        autostart=not ha,
     )
     worker = Program(
         name="prefect-worker",
         argv=[sys.executable, "-m", "prefect", "worker", "start", "--pool", t.WORK_POOL, "--type", "process",
               "--name", "lab-worker"],
-        ready=Custom("the worker is ONLINE in its pool", _worker_online),
+        ready=Custom("the worker is ONLINE in its pool", lambda: _worker_online(run_env.get("PREFECT_API_AUTH_STRING"))),
         # Poll every second rather than every 10: the worker picks up a new run
         # within ~0.5 s (its process is then forked by prefect-prestart in under a second; see bench/).
         env=run_env | {"PREFECT_WORKER_QUERY_SECONDS": "1"},
@@ -403,8 +446,32 @@ def prefect_programs(paths: Paths) -> list[Program]:
         stopwaitsecs=15,
         startretries=60,  # it exits until the server answers; supervisord retries
         priority=450,
+        autostart=not ha,
     )
-    return [server, prestart, worker]
+    return [*servers, prestart, worker]
+
+
+def prefect_ha_programs(paths: Paths) -> list[Program]:
+    """Redis, the API servers, the services process and their balancer (lab/prefect_ha.py), under the
+    lab's supervisord. Only Redis starts with it; `lab up --ha` starts the rest in order."""
+    ha = lab_ha(paths)
+    lb_config = paths.root / "prefect-lb.cfg"
+    programs = [Program(
+        name="redis", argv=redis_argv(t.REDIS_PORT, paths.root / "redis"),
+        ready=Custom("redis answers PING", lambda: None if redis_ready(t.REDIS_PORT) else "no PONG"),
+        stopwaitsecs=10, priority=380, prepare=lambda: (paths.root / "redis").mkdir(parents=True, exist_ok=True),
+    )]
+    for p in ha.processes():
+        programs.append(Program(
+            name=p.name, argv=p.argv, env=p.env, cwd=str(REPO_ROOT), stopwaitsecs=15, priority=400, autostart=False,
+            ready=HttpOk(f"http://127.0.0.1:{p.port}/api/health", timeout=2.0) if p.port else None,
+        ))
+    programs.append(Program(
+        name="prefect-lb", argv=["/usr/sbin/haproxy", "-db", "-f", str(lb_config)],
+        ready=HttpOk(f"{t.PREFECT_API_URL}/health", timeout=2.0), stopwaitsecs=5, priority=420, autostart=False,
+        prepare=lambda: lb_config.write_text(ha.haproxy_config()),
+    ))
+    return programs
 
 
 COMMUNITY_RULES = Path(__file__).with_name("community_rules.yml")

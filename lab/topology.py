@@ -40,6 +40,12 @@ STUB_HOST, STUB_PORT = "127.0.0.1", 18080
 HAPROXY_ADMIN_HOST, HAPROXY_ADMIN_PORT = "127.0.0.1", 19999
 PREFECT_PORT = 4200
 PREFECT_API_URL = f"http://127.0.0.1:{PREFECT_PORT}/api"
+# `lab up --ha` (lab/prefect_ha.py): the balancer takes PREFECT_PORT, so every client's URL is the same in
+# both shapes; the API servers, Redis and Prefect's own database sit behind it.
+PREFECT_HA_API_PORTS = (4201, 4202)
+REDIS_PORT = 16379
+PREFECT_DB_NAME = "prefect"
+HA_MARKER = "prefect-ha"  # in LAB_DIR while the lab runs the HA shape
 WORK_POOL = "runbooks"
 EXPORTER_PORT, BRIDGE_PORT = 19100, 19200
 PROMETHEUS_PORT, ALERTMANAGER_PORT = 19090, 19093

@@ -21,7 +21,7 @@ import lab
 from flows.circuit import close_circuit
 from flows.node_recovery import node_recovery
 from inventory import load_inventory
-from lab.blocks import lab_secrets
+from lab.credentials import lab_secrets
 from tasks import guards
 from tasks.audit import read_entries
 from tasks.events import NODE_UNHEALTHY, node_resource

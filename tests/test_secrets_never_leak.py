@@ -22,8 +22,8 @@ from flows.daily_report import daily_report
 from flows.node_recovery import node_recovery
 from flows.snapshot_backup import snapshot_backup
 from lab import topology
+from lab.credentials import lab_secrets
 from tasks import objectstore
-from lab.blocks import lab_secrets
 from tests import fleet
 
 # The secret stores themselves, and the stubs standing in for Slack and
