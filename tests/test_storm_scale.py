@@ -25,7 +25,7 @@ now is the reactive-triggers service: it evaluates the events one at a time (a P
 event that matches, a Redis round trip or two for every one, ~12,000 events with the automation's own) in
 the services process, ~0.8-0.9 of a core; a second services process consuming the same streams, batched
 stream reads or in-memory causal ordering did not change it measurably here. Beside a whole `pytest -n 2` run
-on the same machine it took 187 s to the thousandth run and 263 s wall (the suite's tests slowed as much). Still
+on the same machine it took 187 s to the thousandth run and 263 s wall. Still
 over `make test`'s budget, so the test stays marked `scale` and deselected by default:
 `pytest -n 0 -m scale tests/test_storm_scale.py -s`.
 """
