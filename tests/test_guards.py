@@ -330,9 +330,12 @@ def test_a_crashed_holders_lease_released_by_id_lets_the_next_run_in_at_once(nod
         guards.release_lease(lease_id)
         guards.release_lease(lease_id)  # already gone: fine
         started = time.monotonic()
+        # Held, the lease would refuse this for its whole 60 s (LeaseBusy after 1 s). Released, it is taken
+        # at once, or after a few seconds when a loaded SQLite server answers 503 and the call retries
+        # (a CI run under load saw 3.0 s).
         with node_lease(node, wait_seconds=1) as held:
-            assert held.waited_s < 0.5
-        assert time.monotonic() - started < 2
+            assert held.waited_s < 5
+        assert time.monotonic() - started < 6
     finally:
         stop_process(proc, grace=1)
 
