@@ -88,7 +88,17 @@ class Operator:
         self.shot("form-filled")
         known = {str(r.id) for r in deployment_runs(deployment_id)}
         self.page.get_by_role("button", name="Submit").click()
-        expect(self.page.get_by_text("scheduled to start now").first).to_be_visible(timeout=TIMEOUT_MS)
+        scheduled, failed = self.page.get_by_text("scheduled to start now").first, self.page.get_by_text(
+            "Something went wrong").first
+        expect(scheduled.or_(failed)).to_be_visible(timeout=TIMEOUT_MS)
+        if failed.is_visible() and not [r for r in deployment_runs(deployment_id) if str(r.id) not in known]:
+            # The UI does not retry a busy SQLite server's 503 (a CI run under load saw it); an operator
+            # submits again, once, and only when no run was created.
+            self.shot("submit-refused-by-a-busy-server")
+            self.page.get_by_role("button", name="Submit").click()
+            expect(scheduled).to_be_visible(timeout=TIMEOUT_MS)
+        else:
+            expect(scheduled).to_be_visible(timeout=TIMEOUT_MS)
         created = fleet.wait_for(lambda: [str(r.id) for r in deployment_runs(deployment_id) if str(r.id) not in known],
                                  30, what=f"the run the {deployment} form submitted")
         assert len(created) == 1, created
