@@ -43,7 +43,9 @@ import json
 import os
 import signal
 import statistics
+import subprocess
 import sys
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -211,8 +213,22 @@ def run_steps(run_id) -> dict[str, float]:
             for i, (name, at) in enumerate(marks[:-1]) if at and marks[i + 1][1]}
 
 
-def measure(p: Pipeline, node: str, kind: str, deadline_s: float) -> dict:
-    """Inject one fault and time every stage until the node is back, or the deadline passes."""
+def kill_api_server(after_s: float) -> threading.Timer:
+    """`lab up --ha` only: SIGKILL the lab's first Prefect API server `after_s` seconds from now, under the
+    recovery; supervisord starts it again (autorestart), the balancer sends requests to the other."""
+    from lab import topology
+
+    conf = str(topology.Paths(topology.lab_dir()).supervisord_conf)
+    timer = threading.Timer(after_s, subprocess.run, (["supervisorctl", "-c", conf, "signal", "KILL", "prefect-api-1"],),
+                            {"capture_output": True, "timeout": 10, "check": True})
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+def measure(p: Pipeline, node: str, kind: str, deadline_s: float, kill_api_after: float | None = None) -> dict:
+    """Inject one fault and time every stage until the node is back, or the deadline passes; with
+    `kill_api_after`, an HA lab's API server is killed that many seconds after the fault."""
     import lab
 
     rec: dict = {"node": node, "kind": kind, "t0": None, "t1": None, "t1_polled": None, "t2": None, "t3": None,
@@ -222,6 +238,9 @@ def measure(p: Pipeline, node: str, kind: str, deadline_s: float) -> dict:
     t0 = time.time()
     lab.fault(node, kind)
     rec["t0"] = t0
+    if kill_api_after is not None:
+        kill_api_server(kill_api_after)
+        rec["api_server_killed_at_s"] = kill_api_after
     end = time.monotonic() + deadline_s
     next_events = next_runs = next_recovery = next_fault = next_triggers = 0.0
     run = None
@@ -417,6 +436,8 @@ def main() -> int:
     parser.add_argument("--deadline", type=float, default=180, help="seconds per fault, from injection to recovered")
     parser.add_argument("--settle", type=float, default=120, help="seconds to heal the fleet and clear alerts between faults")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "alert_to_recovery.json")
+    parser.add_argument("--kill-api-server-after", type=float, metavar="SECONDS",
+                        help="`lab up --ha` only: SIGKILL the Prefect API server prefect-api-1 this long after each fault")
     args = parser.parse_args()
     if not args.i_own_the_lab:
         print("refusing to start: this bench switches the lab's automation on, breaks nodes and heals the whole "
@@ -442,6 +463,10 @@ def main() -> int:
     if not lab.is_up():
         print("the lab is not up: `uv run python -m lab up`", file=sys.stderr)
         return 2
+    if args.kill_api_server_after is not None and not services.is_ha(topology.Paths(topology.lab_dir())):
+        print("--kill-api-server-after needs the HA lab (`python -m lab up --ha`): the embedded lab has one server",
+              file=sys.stderr)
+        return 2
     http = httpx.Client()
     p = Pipeline(load_inventory(), http, topology.Paths(topology.lab_dir()).lab_json)
     refusals = preflight(p, plan, http)
@@ -466,7 +491,7 @@ def main() -> int:
             print(f"[{i}/{args.faults}] {args.kind} {node} ...", flush=True)
             injected = node
             try:
-                rec = measure(p, node, args.kind, args.deadline)
+                rec = measure(p, node, args.kind, args.deadline, args.kill_api_server_after)
             except NotOurLab as exc:
                 interference = str(exc)
                 print(f"  STOPPED: {exc}. The lab is not ours: is a pytest session running against it?",
