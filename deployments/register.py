@@ -72,6 +72,43 @@ async def missing_triggers() -> list[str]:
         return problems
 
 
+CRASH_DETECTION = "runbooks: mark runs that stopped heartbeating crashed"
+# The runs' heartbeat period (PREFECT_FLOWS_HEARTBEAT_FREQUENCY, set for the workers' runs) and how long a
+# run may stay silent: two heartbeats missed, so a slow one is not taken for a dead one.
+HEARTBEAT_SECONDS, SILENT_SECONDS = 30, 60
+
+
+async def ensure_crash_detection() -> None:
+    """A run whose process died with its worker or host (nobody left to report it) stays Running in Prefect
+    for ever, holding its node. Prefect's documented remedy: runs heartbeat, and this automation marks a
+    run Crashed once its heartbeats stop; that Crashed starts reconcile (prefect.yaml), which releases the
+    run's lease and hands its node on. Replaced on every registration, so its settings follow the code."""
+    from datetime import timedelta
+
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
+    from prefect.events.schemas.events import ResourceSpecification
+
+    automation = AutomationCore(
+        name=CRASH_DETECTION,
+        description=f"Runs heartbeat every {HEARTBEAT_SECONDS} s; {SILENT_SECONDS} s of silence means the run is gone.",
+        trigger=EventTrigger(
+            after={"prefect.flow-run.heartbeat"},
+            expect={"prefect.flow-run.heartbeat", "prefect.flow-run.Completed", "prefect.flow-run.Failed",
+                    "prefect.flow-run.Cancelled", "prefect.flow-run.Crashed", "prefect.flow-run.Paused"},
+            match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
+            for_each={"prefect.resource.id"}, posture=Posture.Proactive, threshold=1,
+            within=timedelta(seconds=SILENT_SECONDS)),
+        actions=[ChangeFlowRunState(state=StateType.CRASHED,
+                                    message=f"no heartbeat for {SILENT_SECONDS} s: its process is gone")],
+    )
+    async with get_client() as client:
+        for existing in await client.read_automations_by_name(CRASH_DETECTION):
+            await client.delete_automation(existing.id)
+        await client.create_automation(automation)
+
+
 def run_command() -> str:
     """Each run's process: deployments/prestart.py's client, which forks the run from a warm prestart
     server when the worker has one (RUNBOOKS_PRESTART_SOCKET) and starts `python -m prefect.engine`
@@ -98,6 +135,7 @@ def main() -> None:
     asyncio.run(set_run_command())
     _check(_prefect("block", "register", "-m", "blocks"), "registering block types")
     _check(_prefect("deploy", "--all"), "deploying prefect.yaml")
+    asyncio.run(ensure_crash_detection())
     problems = asyncio.run(missing_triggers())
     if problems:
         raise SystemExit("deployment triggers missing after deploy: " + "; ".join(problems))

@@ -293,6 +293,16 @@ class Reports(Strict):
         200, description="Landed executions per chain checked against the chain's receipts each day")
 
 
+class Region(Strict):
+    """Where a region's runs go when its worker is gone (deployments/regional_worker.py): each region's worker
+    takes the runs for its own nodes and hosts; a run still waiting after `fallback_after_seconds` is taken by
+    the worker of the `fallback` region, and its audit record says so."""
+
+    fallback: Name | None = Field(None, description="The region whose worker takes this region's waiting runs")
+    fallback_after_seconds: Annotated[float, Field(ge=1, le=3600)] = Field(
+        60.0, description="How long a run waits for its own region's worker before the fallback takes it")
+
+
 class Inventory(Strict):
     chains: dict[Name, Chain]
     hosts: dict[Name, Host]
@@ -302,6 +312,7 @@ class Inventory(Strict):
     backups: Backups = Backups()
     reports: Reports = Reports()
     releases: dict[Client, ReleaseSourceRef] = Field({}, description="client -> where client-upgrade gets its releases")
+    regions: dict[Name, Region] = Field({}, description="region -> its fallback, for the regional workers")
 
     @model_validator(mode="after")
     def _references_resolve(self) -> "Inventory":
@@ -334,6 +345,18 @@ class Inventory(Strict):
         if self.reports.database is not None and self.reports.database not in self.backups.databases:
             unknown(("reports", "database"), "database (a key of backups.databases)", self.reports.database,
                     self.backups.databases)
+        # A region is one some host or node is in: a misspelt key or fallback would otherwise do nothing, silently.
+        used = {h.region for h in self.hosts.values()} | {n.region for n in self.nodes.values()}
+        used.discard(None)
+        for name, region in self.regions.items():
+            if name not in used:
+                unknown(("regions", name), "region (no host or node is in it)", name, used)
+            if region.fallback is not None and region.fallback not in used:
+                unknown(("regions", name, "fallback"), "region (no host or node is in it)", region.fallback, used)
+            elif region.fallback == name:
+                problems.append(InitErrorDetails(
+                    type=PydanticCustomError("self_fallback", "a region cannot fall back to itself"),
+                    loc=("regions", name, "fallback"), input=region.fallback))
         if problems:
             raise ValidationError.from_exception_data("Inventory", problems)
         return self
@@ -360,6 +383,17 @@ class Inventory(Strict):
     def region_of(self, node_name: str) -> str | None:
         node = self.node(node_name)
         return node.region or self.hosts[node.host].region
+
+    def run_region(self, parameters: dict) -> str | None:
+        """The region a run belongs in, from its parameters: the host it works on (a restore's or drill's
+        target, a prune's host), else its node's; None for a fleet-wide run (any region may take it) or a name
+        the inventory does not know (the run itself refuses it, with the error)."""
+        for key in ("target_host", "standby_host", "host"):
+            host = self.hosts.get(parameters.get(key)) if isinstance(parameters.get(key), str) else None
+            if host is not None:
+                return host.region
+        node = parameters.get("node")
+        return self.region_of(node) if isinstance(node, str) and node in self.nodes else None
 
     def nodes_on_chain(self, chain: str) -> dict[str, Node]:
         return {n: node for n, node in self.nodes.items() if node.chain == chain}

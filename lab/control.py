@@ -399,7 +399,7 @@ def _wait_ready(paths: Paths, root_programs: list[Program], by_host: dict[str, l
 def _start_prefect_ha(paths: Paths, root_programs: list[Program], log) -> None:
     """The HA shape's Prefect, in the order it needs: its database, the migration (once, before any
     server), each API server once the one before answers, the services process, the balancer, then the
-    prestart server and the worker that use it."""
+    prestart servers and the regional workers that use it."""
     ha = services.lab_ha(paths)
     services.create_prefect_database(paths)
     started = time.monotonic()
@@ -407,8 +407,8 @@ def _start_prefect_ha(paths: Paths, root_programs: list[Program], log) -> None:
     log(f"prefect database migrated in {time.monotonic() - started:.1f}s")
     by_name = {p.name: p for p in root_programs}
     rpc = supervisor.client(paths.supervisord_sock, timeout=60)
-    for name in [*(p.name for p in ha.processes()), "prefect-lb", "prefect-prestart", "prefect-worker",
-                 *NEEDS_PREFECT]:
+    regional = [f"{kind}-{region}" for kind in ("prestart", "worker") for region in t.worker_hosts()]
+    for name in [*(p.name for p in ha.processes()), "prefect-lb", *regional, *NEEDS_PREFECT]:
         program = by_name[name]
         if name not in NEEDS_PREFECT:  # those run already, waiting for Prefect
             rpc.supervisor.startProcess(name, True)

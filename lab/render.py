@@ -94,6 +94,8 @@ def inventory(paths: Paths) -> dict:
         "reports": {"database": t.DB_NAME, "prometheus_url": f"http://127.0.0.1:{t.PROMETHEUS_PORT}"},
         # The lab's release server publishes anvil as Erigon publishes Erigon (lab/releases.py).
         "releases": {"anvil": {"base_url": f"{t.RELEASES_URL}/{{tag}}", "index_url": f"{t.RELEASES_URL}/releases.json"}},
+        "regions": {region: {"fallback": fallback, "fallback_after_seconds": t.FALLBACK_AFTER_SECONDS}
+                    for region, fallback in t.REGION_FALLBACK.items()},
     }
 
 

@@ -363,9 +363,9 @@ def create_prefect_database(paths: Paths) -> None:
                 sql.Identifier(t.PREFECT_DB_NAME), sql.Identifier(t.DB_USER)))
 
 
-def _worker_online(auth_string: str | None = None) -> str | None:
-    """The worker has registered with the server (it heartbeats every few seconds)."""
-    body = json.dumps({"limit": 5}).encode()
+def _worker_online(name: str, auth_string: str | None = None) -> str | None:
+    """The named worker has registered with the server (it heartbeats every few seconds)."""
+    body = json.dumps({"limit": 100}).encode()
     url = f"{t.PREFECT_API_URL}/work_pools/{t.WORK_POOL}/workers/filter"
     headers = {"Content-Type": "application/json"}
     if auth_string:
@@ -376,7 +376,8 @@ def _worker_online(auth_string: str | None = None) -> str | None:
             workers = json.loads(resp.read())
     except (OSError, urllib.error.URLError, ValueError) as exc:
         return f"POST {url}: {exc}"
-    return None if any(w.get("status") == "ONLINE" for w in workers) else "no ONLINE worker yet"
+    return None if any(w.get("name") == name and w.get("status") == "ONLINE" for w in workers) \
+        else f"{name} is not ONLINE yet"
 
 
 def _socket_problem(path: str) -> str | None:
@@ -420,35 +421,75 @@ def prefect_programs(paths: Paths, ha: bool = False) -> list[Program]:
         stopwaitsecs=15,
         priority=400,
     )]
-    # Each run's process is forked from this warm server instead of importing everything anew
-    # (deployments/prestart.py); without it the run command starts cold, as Prefect does.
-    prestart_socket = str(paths.root / "prefect" / "prestart.sock")
-    run_env = prefect_env | runbook_env(paths) | {PRESTART_SOCKET_ENV: prestart_socket}
-    prestart = Program(
-        name="prefect-prestart",
-        argv=[sys.executable, "-m", "deployments.prestart", "serve", "--socket", prestart_socket],
-        ready=Custom("the prestart server answers on its socket", lambda: _socket_problem(prestart_socket)),
-        env=run_env,
-        cwd=str(REPO_ROOT),
-        stopwaitsecs=5,
-        priority=440,
-        autostart=not ha,
-    )
-    worker = Program(
-        name="prefect-worker",
-        argv=[sys.executable, "-m", "prefect", "worker", "start", "--pool", t.WORK_POOL, "--type", "process",
-              "--name", "lab-worker"],
-        ready=Custom("the worker is ONLINE in its pool", lambda: _worker_online(run_env.get("PREFECT_API_AUTH_STRING"))),
-        # Poll every second rather than every 10: the worker picks up a new run
-        # within ~0.5 s (its process is then forked by prefect-prestart in under a second; see bench/).
-        env=run_env | {"PREFECT_WORKER_QUERY_SECONDS": "1"},
-        cwd=str(REPO_ROOT),
-        stopwaitsecs=15,
-        startretries=60,  # it exits until the server answers; supervisord retries
-        priority=450,
-        autostart=not ha,
-    )
-    return [*servers, prestart, worker]
+    return [*servers, *regional_programs(paths, prefect_env)]
+
+
+def gateway_config(listen: str, listen_ports, forward_to: str, forward_ports) -> str:
+    """A TCP relay (HAProxy) from each listen:port to the matching forward_to:port."""
+    proxies = "".join(f"\nlisten port{p}\n    bind {listen}:{p}\n    server root {forward_to}:{q}\n"
+                      for p, q in zip(listen_ports, forward_ports, strict=True))
+    # Long idle timeouts: Prefect's clients hold event websockets open between messages.
+    return ("global\n    maxconn 1024\n\ndefaults\n    mode tcp\n    timeout connect 2s\n"
+            "    timeout client 1h\n    timeout server 1h\n" + proxies)
+
+
+def regional_programs(paths: Paths, prefect_env: dict[str, str]) -> list[Program]:
+    """A worker per region, in the namespace of its region's host (deployments/regional_worker.py), with the
+    prestart server its runs are forked from and a gateway that relays the root namespace's loopback services
+    (gateway_ports) into the namespace, so a run there uses the same URLs as anywhere. In the root namespace,
+    one gateway on the bridge's address is the other end. With the HA shape they are left stopped for `lab up`
+    to start once Prefect answers (control._start_prefect_ha)."""
+    ha = is_ha(paths)
+    root_cfg = paths.root / "gateway" / "root.cfg"
+    # Not the services' own port numbers on the bridge's address: some check, when they start, that their
+    # port is free on every address (SeaweedFS does), and the gateway may be up first.
+    bridge_ports = [t.GATEWAY_BRIDGE_BASE + i for i, _ in enumerate(t.gateway_ports())]
+
+    def prepare_root() -> None:
+        root_cfg.parent.mkdir(parents=True, exist_ok=True)
+        root_cfg.write_text(gateway_config(t.BRIDGE_ADDRESS, bridge_ports, "127.0.0.1", t.gateway_ports()))
+
+    programs = [Program(
+        name="gateway", argv=["/usr/sbin/haproxy", "-db", "-f", str(root_cfg)],
+        ready=TcpPort(t.BRIDGE_ADDRESS, bridge_ports[0]), stopwaitsecs=5, priority=380, prepare=prepare_root,
+    )]
+    auth = (prefect_env | runbook_env(paths)).get("PREFECT_API_AUTH_STRING")
+    for region, host in t.worker_hosts().items():
+        in_ns = ["/usr/sbin/ip", "netns", "exec", host.namespace]
+        cfg = paths.root / "gateway" / f"{region}.cfg"
+        # Each run's process is forked from this warm server instead of importing everything anew
+        # (deployments/prestart.py); without it the run command starts cold, as Prefect does. It runs in
+        # the region's namespace, so the runs it forks do too.
+        socket_path = str(paths.root / "prefect" / f"prestart-{region}.sock")
+        run_env = prefect_env | runbook_env(paths) | {PRESTART_SOCKET_ENV: socket_path}
+        name = f"region-{region}"
+        programs += [
+            Program(
+                name=f"gateway-{region}", argv=[*in_ns, "/usr/sbin/haproxy", "-db", "-f", str(cfg)],
+                stopwaitsecs=5, priority=390, prepare=lambda cfg=cfg: cfg.write_text(
+                    gateway_config("127.0.0.1", t.gateway_ports(), t.BRIDGE_ADDRESS, bridge_ports)),
+            ),
+            Program(
+                name=f"prestart-{region}",
+                argv=[*in_ns, sys.executable, "-m", "deployments.prestart", "serve", "--socket", socket_path],
+                ready=Custom("the prestart server answers on its socket", lambda p=socket_path: _socket_problem(p)),
+                env=run_env, cwd=str(REPO_ROOT), stopwaitsecs=5, priority=440, autostart=not ha,
+            ),
+            Program(
+                name=f"worker-{region}",
+                argv=[*in_ns, sys.executable, "-m", "deployments.regional_worker", "--region", region,
+                      "--pool", t.WORK_POOL, "--name", name],
+                ready=Custom(f"worker {name} is ONLINE in its pool", lambda n=name: _worker_online(n, auth)),
+                # Poll every second rather than every 10: the worker picks up a new run within ~0.5 s (its
+                # process is then forked by the prestart server in under a second; see bench/). Runs
+                # heartbeat every 30 s, so one whose worker died with it is marked crashed (register.py).
+                env=run_env | {"PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"},
+                cwd=str(REPO_ROOT), stopwaitsecs=15,
+                startretries=60,  # it exits until the server answers; supervisord retries
+                priority=450, autostart=not ha,
+            ),
+        ]
+    return programs
 
 
 def prefect_ha_programs(paths: Paths) -> list[Program]:

@@ -175,6 +175,32 @@ CHAIN_THRESHOLDS = {
 }
 
 
+# One Prefect worker per region, in the namespace of the region's (first) host, as a worker would run on
+# a host of that region (deployments/regional_worker.py). A run waiting longer than this for its region's
+# worker is taken by the fallback's: short in the lab so tests can watch it (60 s suits real fleets).
+REGION_FALLBACK = {"lab-a": "lab-b", "lab-b": "lab-c", "lab-c": "lab-a", "lab-d": "lab-a"}
+FALLBACK_AFTER_SECONDS = 10
+
+
+def worker_hosts() -> dict[str, LabHost]:
+    """region -> the host its worker runs on."""
+    out: dict[str, LabHost] = {}
+    for h in HOSTS.values():
+        out.setdefault(h.region, h)
+    return out
+
+
+GATEWAY_BRIDGE_BASE = 17600  # the gateway's ports on the bridge's address: one per gateway_ports() entry
+
+
+def gateway_ports() -> tuple[int, ...]:
+    """The root namespace's loopback services that runs need (Prefect, the Slack/PagerDuty stubs, the
+    balancer's admin and frontends, releases, the object store, Prometheus, Alertmanager): a run in a host's
+    namespace reaches them at the same 127.0.0.1 URLs through the lab's gateway (lab/services.py)."""
+    return (PREFECT_PORT, STUB_PORT, HAPROXY_ADMIN_PORT, RELEASES_PORT, OBJECT_STORE_PORTS["s3"],
+            PROMETHEUS_PORT, ALERTMANAGER_PORT, *(c.frontend_port for c in CHAINS.values()))
+
+
 def all_nodes() -> dict[str, LabNode]:
     """Fleet nodes and references, by name."""
     return {**NODES, **REFERENCES}

@@ -53,7 +53,7 @@ from tasks.pagerduty import load_pagerduty
 from tasks.redaction import redact, register_secret
 from tasks.ssh import SshRunner
 from tasks.trigger import Trigger
-from tasks.vocabulary import Outcome
+from tasks.vocabulary import REGION_ENV, Outcome
 
 # A duplicate automatic run should end quickly; an operator's run waits for the other one.
 AUTOMATIC_LEASE_WAIT_S = 2.0
@@ -126,9 +126,15 @@ class Runbook:
         guards.lock_names(inventory, resources)  # validates hosts and chains against the inventory too
         nodes = sorted({r.name for r in resources if r.kind == "node"})
         audit = AuditRecord(run_id=str(flow_run.get_id() or "local"), flow=flow, node=nodes[0] if len(nodes) == 1 else None)
+        # Where it belongs and where it runs: a regional worker hands its region to every run it starts
+        # (deployments/regional_worker.py); a fallback region's run says so here.
+        region, ran_in = inventory.run_region(parameters), os.environ.get(REGION_ENV) or None
+        placement = {"region": region, "ran_in": ran_in,
+                     "fallback": region is not None and ran_in is not None and region != ran_in}
         audit.started(trigger=trigger.as_dict(), parameters=parameters,
                       resources=[f"{r.kind}:{r.name}" for r in resources],
-                      process={"host": socket.gethostname(), "pid": os.getpid()}, dry_run=dry_run)
+                      process={"host": socket.gethostname(), "pid": os.getpid()}, placement=placement,
+                      dry_run=dry_run)
         return cls(flow, inventory, audit, trigger, Gate(audit, dry_run), resources)
 
     @property

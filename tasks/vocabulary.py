@@ -134,3 +134,8 @@ class CommandResult:
     @property
     def ok(self) -> bool:
         return self.exit_code == 0
+
+
+# The environment variable a regional worker hands every run it starts: the region the run executes in
+# (deployments/regional_worker.py); the frame audits it beside the region the run belongs in.
+REGION_ENV = "RUNBOOKS_REGION"

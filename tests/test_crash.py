@@ -24,6 +24,7 @@ import pytest
 from prefect.deployments import run_deployment
 
 import lab
+from lab import topology
 from flows.circuit import close_circuit
 from flows.reconcile import CRASH_HANDLED, reconcile
 from tasks import prefect_api
@@ -103,7 +104,8 @@ def kill_at(run_id: str, node: str, point: str) -> None:
         # The run's process was forked by the lab's prestart server (deployments/prestart.py), not started
         # cold: killing it is killing what the worker's runs really are.
         parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        assert parent == lab.status()["services"]["prefect-prestart"]["pid"], f"run process {pid}: parent {parent}"
+        region = topology.HOSTS[topology.NODES[node].host].region  # the run executes in its node's region
+        assert parent == lab.status()["services"][f"prestart-{region}"]["pid"], f"run process {pid}: parent {parent}"
         entries = run_entries(run_id)
         assert still(entries, node, old_node_pid), f"the run went past {point} before it was stopped: {entries[-3:]}"
         assert not any(e["kind"] == "outcome" for e in entries)

@@ -45,8 +45,9 @@ def test_the_ha_shape_leaves_prefect_stopped_for_up_to_start_in_order_and_keeps_
     (tmp_path / topology.HA_MARKER).write_text("")
     programs = {p.name: p for p in services.prefect_programs(paths, ha=True)}
     assert "prefect-server" not in programs
-    started_by_up = ["prefect-api-1", "prefect-api-2", "prefect-services", "prefect-lb", "prefect-prestart",
-                     "prefect-worker"]
+    regional = [f"{kind}-{region}" for kind in ("prestart", "worker") for region in topology.worker_hosts()]
+    assert len(regional) == 2 * len({h.region for h in topology.HOSTS.values()})
+    started_by_up = ["prefect-api-1", "prefect-api-2", "prefect-services", "prefect-lb", *regional]
     assert all(not programs[name].autostart for name in started_by_up)
     assert programs["redis"].autostart  # before the migration, with the rest of the lab
     ha = services.lab_ha(paths)
@@ -56,4 +57,5 @@ def test_the_ha_shape_leaves_prefect_stopped_for_up_to_start_in_order_and_keeps_
     for p in programs.values():
         assert password not in " ".join(p.argv)
     embedded = {p.name for p in services.prefect_programs(topology.Paths(tmp_path / "x"), ha=False)}
-    assert embedded == {"prefect-server", "prefect-prestart", "prefect-worker"}
+    gateways = {"gateway", *(f"gateway-{region}" for region in topology.worker_hosts())}
+    assert embedded == {"prefect-server", *regional, *gateways}
