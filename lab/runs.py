@@ -16,6 +16,7 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.sorting import FlowRunSort
 
+from deployments.register import CRASH_DETECTION
 from tasks import prefect_api
 
 # The lab's server is local; 30 s covers a busy one, and the client's own
@@ -25,7 +26,7 @@ TIMEOUT_S = 30.0
 
 def set_automation(enabled: bool, schedules: bool | None = None) -> None:
     """Every automation (event triggers) on or off, and every deployment
-    schedule too unless `schedules` says otherwise."""
+    schedule too unless `schedules` says otherwise. Crash detection stays on."""
     schedules = enabled if schedules is None else schedules
     with prefect_api.client(TIMEOUT_S, retries=True) as client:
         for d in client.read_deployments():
@@ -34,6 +35,8 @@ def set_automation(enabled: bool, schedules: bool | None = None) -> None:
                 # them: send them back, or dr-drill's schedule would run with none.
                 client.update_deployment_schedule(d.id, s.id, active=schedules, parameters=s.parameters or {})
         for a in client.read_automations():
+            if a.name == CRASH_DETECTION:
+                continue  # part of the orchestration, like Prefect's own services: it never acts on the fleet
             (client.resume_automation if enabled else client.pause_automation)(a.id)
 
 

@@ -363,7 +363,7 @@ def create_prefect_database(paths: Paths) -> None:
                 sql.Identifier(t.PREFECT_DB_NAME), sql.Identifier(t.DB_USER)))
 
 
-def _worker_online(name: str, auth_string: str | None = None) -> str | None:
+def worker_online(name: str, auth_string: str | None = None) -> str | None:
     """The named worker has registered with the server (it heartbeats every few seconds)."""
     body = json.dumps({"limit": 100}).encode()
     url = f"{t.PREFECT_API_URL}/work_pools/{t.WORK_POOL}/workers/filter"
@@ -479,7 +479,7 @@ def regional_programs(paths: Paths, prefect_env: dict[str, str]) -> list[Program
                 name=f"worker-{region}",
                 argv=[*in_ns, sys.executable, "-m", "deployments.regional_worker", "--region", region,
                       "--pool", t.WORK_POOL, "--name", name],
-                ready=Custom(f"worker {name} is ONLINE in its pool", lambda n=name: _worker_online(n, auth)),
+                ready=Custom(f"worker {name} is ONLINE in its pool", lambda n=name: worker_online(n, auth)),
                 # Poll every second rather than every 10: the worker picks up a new run within ~0.5 s (its
                 # process is then forked by the prestart server in under a second; see bench/). Runs
                 # heartbeat every 30 s, so one whose worker died with it is marked crashed (register.py).

@@ -162,3 +162,68 @@ def test_a_run_killed_at_each_step_is_put_right_and_escalated_once(reconciler_on
     assert len(crash_messages(run_id)) == 1
     handled_again = [e for e in read_entries(kind="guard", contains=run_id) if e["data"].get("name") == CRASH_HANDLED]
     assert len(handled_again) == 1
+
+
+def kill_with_descendants(pid: int) -> None:
+    """SIGKILL a process and everything under it at once, as losing its host or container would."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                parents[int(entry)] = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    victims = {pid}
+    while more := {p for p, parent in parents.items() if parent in victims} - victims:
+        victims |= more
+    for victim in victims:
+        try:
+            os.kill(victim, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def test_a_run_whose_regions_worker_dies_with_it_is_marked_crashed_and_put_right(reconciler_on):
+    """Nobody is left to say the run died: it stays Running until its heartbeats stop, the crash detection
+    (deployments/register.py) marks it Crashed, and the reconciler releases its lease and puts the node right."""
+    from deployments.register import SILENT_SECONDS
+
+    node = "eth-c"
+    region = topology.HOSTS[topology.NODES[node].host].region
+    close_circuit(node=node, operator="tests", note="a fresh budget for the crash test")
+    lab.fault(node, "stall")
+    fleet.wait_status(node, {"stalled"})
+    run = run_deployment("node-recovery/node-recovery", parameters={"node": node, "reason": "stalled"}, timeout=0)
+    run_id = str(run.id)
+    pid = wait_for_pid(run_id)
+    fleet.wait_for(lambda: restarted(run_entries(run_id)), 90, interval=0.05, what=f"run {run_id} to restart {node}")
+    kill_with_descendants(lab.status()["services"][f"worker-{region}"]["pid"])
+    killed = time.monotonic()
+    fleet.wait_for(lambda: not os.path.exists(f"/proc/{pid}"), 10, interval=0.05,
+                   what="the run's process to die with its worker")
+    with prefect_api.client() as client:
+        assert client.read_flow_run(run.id).state.type.value == "RUNNING"  # nobody reported it
+
+    def crashed():
+        with prefect_api.client() as client:
+            state = client.read_flow_run(run.id).state
+        return state.type.value == "CRASHED" and state
+    state = fleet.wait_for(crashed, SILENT_SECONDS + 60, interval=1, what=f"run {run_id} to be marked Crashed")
+    assert "heartbeat" in (state.message or ""), state.message
+    assert time.monotonic() - killed > SILENT_SECONDS - 35  # by its silence (its last heartbeat <= 30 s before the kill)
+
+    def put_right():
+        handled = [e for e in read_entries(kind="guard", contains=run_id) if e["data"].get("name") == CRASH_HANDLED]
+        return (handled and fleet.server(node).admin_state == "ready" and fleet.status_of(node) == "healthy"
+                and handled)
+    [handled] = fleet.wait_for(put_right, PUT_RIGHT_WITHIN_S, interval=1, what=f"{node} back healthy and in rotation")
+    assert handled["data"]["crashed_run"] == run_id and handled["data"]["nodes"] == [node]
+    # Its lease was reclaimed: free to take now.
+    from tasks import guards
+
+    with guards.node_lease(node, wait_seconds=2):
+        pass
+    [message] = crash_messages(run_id)
+    assert handled["data"]["step"] in message
+    # The region's worker is back (its process manager restarted it) and takes the region's runs again.
+    assert lab.status()["services"][f"worker-{region}"]["state"] == "RUNNING"
