@@ -114,7 +114,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     os.environ[REGION_ENV] = args.region  # handed to every run it starts (the process worker passes its env on)
 
-    from prefect.settings import PREFECT_WORKER_HEARTBEAT_SECONDS, PREFECT_WORKER_PREFETCH_SECONDS
+    from prefect.settings import (
+        PREFECT_WORKER_HEARTBEAT_SECONDS,
+        PREFECT_WORKER_PREFETCH_SECONDS,
+    )
     from prefect.utilities.processutils import setup_signal_handlers_worker
 
     setup_signal_handlers_worker(os.getpid(), f"the {args.region} worker", print)

@@ -24,9 +24,9 @@ import pytest
 from prefect.deployments import run_deployment
 
 import lab
-from lab import topology
 from flows.circuit import close_circuit
 from flows.reconcile import CRASH_HANDLED, reconcile
+from lab import topology
 from tasks import prefect_api
 from tasks.audit import read_entries
 from tests import fleet
