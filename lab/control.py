@@ -401,7 +401,7 @@ def _start_prefect_ha(paths: Paths, root_programs: list[Program], log) -> None:
     server), each API server once the one before answers, the services process, the balancer, then the
     prestart servers and the regional workers that use it."""
     ha = services.lab_ha(paths)
-    services.create_prefect_database(paths)
+    services.create_ha_databases(paths)
     started = time.monotonic()
     ha.migrate()
     log(f"prefect database migrated in {time.monotonic() - started:.1f}s")

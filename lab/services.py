@@ -333,34 +333,43 @@ def runbook_env(paths: Paths) -> dict[str, str]:
     }
     if is_ha(paths):  # the HA API refuses requests without its login
         env["PREFECT_API_AUTH_STRING"] = lab_ha(paths).auth_string
+        # Every region's worker writes and reads one audit trail (and the guards' state derived from it).
+        env["RUNBOOKS_AUDIT_DSN"] = _lab_dsn(paths, t.AUDIT_DB_NAME)
     return env
+
+
+def _lab_dsn(paths: Paths, database: str, driver: str = "postgresql") -> str:
+    """A database of the lab's PostgreSQL (host h3), as the lab's role."""
+    from urllib.parse import quote
+
+    from lab.credentials import lab_secrets
+
+    password = quote(lab_secrets(paths.root)["db_password"], safe="")
+    return f"{driver}://{t.DB_USER}:{password}@{t.HOSTS[t.DB_HOST].address}:{t.DB_PORT}/{database}"
 
 
 def lab_ha(paths: Paths) -> HaPrefect:
     """The HA shape on the lab: Prefect's database on the lab's PostgreSQL (host h3, the MEV database's
     server, its owner role), Redis and two API servers on loopback, the balancer on PREFECT_PORT."""
-    from urllib.parse import quote
-
     from lab.credentials import lab_secrets
 
     secrets = lab_secrets(paths.root)
-    db = (f"postgresql+asyncpg://{t.DB_USER}:{quote(secrets['db_password'], safe='')}@"
-          f"{t.HOSTS[t.DB_HOST].address}:{t.DB_PORT}/{t.PREFECT_DB_NAME}")
-    return HaPrefect(home=paths.root / "prefect", database_url=db, redis_host="127.0.0.1", redis_port=t.REDIS_PORT,
-                     api_ports=t.PREFECT_HA_API_PORTS, lb_port=t.PREFECT_PORT,
-                     auth_string=f"runbooks:{secrets['prefect_api_password']}")
+    return HaPrefect(home=paths.root / "prefect", database_url=_lab_dsn(paths, t.PREFECT_DB_NAME, "postgresql+asyncpg"),
+                     redis_host="127.0.0.1", redis_port=t.REDIS_PORT, api_ports=t.PREFECT_HA_API_PORTS,
+                     lb_port=t.PREFECT_PORT, auth_string=f"runbooks:{secrets['prefect_api_password']}")
 
 
-def create_prefect_database(paths: Paths) -> None:
-    """Prefect's own database on the lab's PostgreSQL, owned by the lab's role (the HA shape)."""
+def create_ha_databases(paths: Paths) -> None:
+    """Prefect's own database and the audit trail's on the lab's PostgreSQL, owned by the lab's role."""
     import psycopg
     from psycopg import sql
 
     run = paths.host(t.DB_HOST) / "pgrun"
     with psycopg.connect(host=str(run), port=t.DB_PORT, user="postgres", dbname="postgres", autocommit=True) as admin:
-        if not admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (t.PREFECT_DB_NAME,)).fetchone():
-            admin.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
-                sql.Identifier(t.PREFECT_DB_NAME), sql.Identifier(t.DB_USER)))
+        for name in (t.PREFECT_DB_NAME, t.AUDIT_DB_NAME):
+            if not admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+                admin.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                    sql.Identifier(name), sql.Identifier(t.DB_USER)))
 
 
 def worker_online(name: str, auth_string: str | None = None) -> str | None:

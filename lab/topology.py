@@ -45,6 +45,7 @@ PREFECT_API_URL = f"http://127.0.0.1:{PREFECT_PORT}/api"
 PREFECT_HA_API_PORTS = (4201, 4202)
 REDIS_PORT = 16379
 PREFECT_DB_NAME = "prefect"
+AUDIT_DB_NAME = "runbooks_audit"  # the HA shape's audit trail, shared by every region's worker
 HA_MARKER = "prefect-ha"  # in LAB_DIR while the lab runs the HA shape
 WORK_POOL = "runbooks"
 EXPORTER_PORT, BRIDGE_PORT = 19100, 19200

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
@@ -158,3 +159,68 @@ def test_a_flow_run_completes_across_a_postgres_restart(stack, postgres_server):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_a_flow_run_completes_across_a_redis_restart_and_is_recorded_once(stack):
+    proc = run_flow(stack, 8, "ha-survives-redis")
+    try:
+        run_id = run_id_of(proc)
+        time.sleep(2)
+        stack.stop("redis")  # messaging, events and leases: mid-run, while its tasks report their states
+        stack.start("redis")
+        wait_for(lambda: redis_ready(stack.redis_port), 20, what="redis again")
+        assert proc.wait(120) == 0, proc.stdout.read()
+        assert flow_run_state(stack, run_id) == "COMPLETED"
+        runs = httpx.post(f"{stack.ha.api_url}/flow_runs/filter", auth=auth(stack.ha), timeout=10,
+                          json={"flows": {"name": {"any_": ["ha-survives-redis"]}}}).json()
+        assert [r["id"] for r in runs] == [run_id]  # neither lost nor started twice
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_the_services_process_killed_then_restarted_catches_up_on_schedules_and_on_the_events_it_missed(stack):
+    """The services process (scheduler, triggers, ...) is down: no run is created. Restarted, it creates the
+    runs a schedule added meanwhile asks for, and the run an event sent meanwhile triggers, once."""
+    from uuid import uuid4
+
+    api, token = stack.ha.api_url, secrets.token_hex(4)
+
+    def call(method: str, path: str, body=None):
+        r = httpx.request(method, f"{api}{path}", json=body, auth=auth(stack.ha), timeout=10)
+        r.raise_for_status()
+        return r.json() if r.content else None
+
+    def runs(deployment_id: str) -> int:
+        return len(call("POST", "/flow_runs/filter", {"deployments": {"id": {"any_": [deployment_id]}}}))
+
+    def poke() -> None:
+        call("POST", "/events", [{"id": str(uuid4()), "occurred": datetime.now(timezone.utc).isoformat(),
+                                  "event": f"ha.poke.{token}", "resource": {"prefect.resource.id": f"ha.node.{token}"}}])
+
+    flow_id = call("POST", "/flows/", {"name": f"ha-services-{token}"})["id"]
+    triggered = call("POST", "/deployments/", {"name": "triggered", "flow_id": flow_id})["id"]
+    call("POST", "/automations/", {
+        "name": f"ha-poke-{token}", "enabled": True,
+        "trigger": {"type": "event", "posture": "Reactive", "expect": [f"ha.poke.{token}"],
+                    "match": {"prefect.resource.id": f"ha.node.{token}"}, "threshold": 1, "within": 0},
+        "actions": [{"type": "run-deployment", "source": "selected", "deployment_id": triggered, "parameters": {}}]})
+    # The triggers service loads the new automation: once a poke starts a run, it has.
+    wait_for(lambda: (poke(), time.sleep(1.5), runs(triggered) > 0)[-1], 60, interval=0.1,
+             what="the automation to start a run")
+    time.sleep(2)
+    before = runs(triggered)
+
+    stack.kill("prefect-services")
+    try:
+        scheduled = call("POST", "/deployments/", {"name": "scheduled", "flow_id": flow_id, "schedules": [
+            {"schedule": {"interval": 3600}, "active": True}]})["id"]
+        poke()
+        time.sleep(8)  # beyond the scheduler's 5 s loop, and a trigger's usual second
+        assert runs(triggered) == before and runs(scheduled) == 0, "runs were created with no services process"
+    finally:
+        stack.start("prefect-services")
+    wait_for(lambda: runs(triggered) == before + 1 and runs(scheduled) > 0, 90, interval=0.5,
+             what="the restarted services to create the missed runs")
+    time.sleep(3)
+    assert runs(triggered) == before + 1  # the missed event started one run, not more
