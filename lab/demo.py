@@ -1,4 +1,4 @@
-"""`make demo`: a local fleet, a Prefect server and worker, every deployment,
+"""`make demo`: a local fleet, a Prefect server and its regional workers, every deployment,
 a broken node fixed by the runbook with no human action, then the backup
 runbooks doing real work through the worker: the nightly database backup
 proved restorable, a node snapshot, the hosts' configuration, and a
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if not control.is_up():
         print("starting the lab: 4 hosts (sshd + supervisord; h4 the standby), 5 nodes, 2 references, HAProxy, Prometheus, "
-              "Alertmanager, SeaweedFS, PostgreSQL, Prefect server and worker")
+              "Alertmanager, SeaweedFS, PostgreSQL, a Prefect server and one worker per region in its host's namespace")
         control.up(ha=args.ha)
         os.environ.update(services.runbook_env(paths))  # the HA shape's API login, now that it exists
     from deployments import register

@@ -122,7 +122,8 @@ HOSTS: dict[str, LabHost] = {
         LabHost("h3", "10.213.7.13", "lab-c"),
         # The standby: sshd and supervisord, no node running. Restores and DR
         # drills bring a chain's node up here (STANDBYS), then tear it down.
-        LabHost("h4", "10.213.7.14", "lab-d"),
+        # In h3's region: one worker per region (on h3) serves both, as one region's hosts share a worker.
+        LabHost("h4", "10.213.7.14", "lab-c"),
     )
 }
 STANDBY_HOST = "h4"
@@ -179,7 +180,7 @@ CHAIN_THRESHOLDS = {
 # One Prefect worker per region, in the namespace of the region's (first) host, as a worker would run on
 # a host of that region (deployments/regional_worker.py). A run waiting longer than this for its region's
 # worker is taken by the fallback's: short in the lab so tests can watch it (60 s suits real fleets).
-REGION_FALLBACK = {"lab-a": "lab-b", "lab-b": "lab-c", "lab-c": "lab-a", "lab-d": "lab-a"}
+REGION_FALLBACK = {"lab-a": "lab-b", "lab-b": "lab-c", "lab-c": "lab-a"}
 FALLBACK_AFTER_SECONDS = 10
 
 

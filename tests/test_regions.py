@@ -1,6 +1,6 @@
 """Regional workers: a run for a node executes in the node's region; a region without its worker gets its
 runs from its fallback region after the bound, and the audit says so; two regions' workers working on one
-node at once restart it once.
+node at once restart it once, logging in to its host from their own.
 
 Where a run executed is read from the hosts, not from what the run says of itself: the processes' network
 namespaces (/proc/PID/ns/net) and the address the hosts' sshd saw the runbooks log in from.
@@ -136,28 +136,6 @@ def test_each_regions_worker_and_the_runs_it_forks_live_in_its_hosts_namespace(l
             assert pid and netns_inode(pid) == inode != root, f"{program} (pid {pid}) is not in {host.namespace}"
 
 
-def test_a_recovery_runs_in_its_nodes_region_and_logs_in_from_there(healthy_fleet):
-    node = "eth-b"
-    host = topology.HOSTS[topology.NODES[node].host]
-    close_circuit(node=node, operator="tests", note="a fresh budget for the region test")
-    sshd_log = Path(lab_api.status()["hosts"][host.name]["sshd_log"])
-    seen = len(sshd_log.read_text().splitlines())
-    lab_api.fault(node, "stall")
-    fleet.wait_status(node, {"stalled"})
-    run = run_deployment(RECOVERY, parameters={"node": node, "reason": "stalled"}, timeout=120)
-    assert run.state.is_completed(), run.state
-    assert fleet.outcome(read_entries(run_id=str(run.id)))["status"] == "succeeded"
-    assert started_entry(str(run.id))["placement"] == {"region": host.region, "ran_in": host.region, "fallback": False}
-    # The runbooks' logins on the node's host came from the host's own address: from inside its namespace,
-    # not across the bridge from the root namespace (10.213.7.1) or another host.
-    new = "\n".join(sshd_log.read_text().splitlines()[seen:])
-    logins = [line for line in new.splitlines() if "Accepted publickey" in line]
-    assert fleet.runbook_logins(new) >= 1, new[-2000:]
-    sources = {re.search(r" from (\S+) port ", line).group(1) for line in logins
-               if fleet.runbook_logins(line)}
-    assert sources == {host.address}, sources
-
-
 def test_a_region_without_its_worker_gets_its_runs_from_the_fallback_region_after_the_bound(healthy_fleet):
     node, region = "eth-b", topology.HOSTS[topology.NODES["eth-b"].host].region
     fallback = topology.REGION_FALLBACK[region]
@@ -180,6 +158,8 @@ def test_two_regions_workers_recovering_one_node_at_once_restart_it_once(healthy
     fallback = topology.REGION_FALLBACK[region]
     close_circuit(node=node, operator="tests", note="a fresh budget for the two-region test")
     spawns_before = fleet.spawns(node)
+    sshd_log = Path(lab_api.status()["hosts"][topology.NODES[node].host]["sshd_log"])
+    seen = len(sshd_log.read_text().splitlines())
     lab_api.fault(node, "stall")
     fleet.wait_status(node, {"stalled"})
     params = {"node": node, "reason": "stalled"}
@@ -201,3 +181,10 @@ def test_two_regions_workers_recovering_one_node_at_once_restart_it_once(healthy
     assert fleet.status_of(node) == "healthy"
     statuses = sorted(fleet.outcome(read_entries(run_id=r))["status"] for r in runs)
     assert statuses == ["noop"] * (len(runs) - 1) + ["succeeded"], statuses
+    # The run that acted logged in to the node's host from its own region's host: the address the host's sshd
+    # saw is that worker host's, not the root namespace's (10.213.7.1) nor another region's.
+    [acted] = [r for r in runs if fleet.outcome(read_entries(run_id=r))["status"] == "succeeded"]
+    ran_in = started_entry(acted)["placement"]["ran_in"]
+    new = sshd_log.read_text().splitlines()[seen:]
+    sources = {re.search(r" from (\S+) port ", line).group(1) for line in new if fleet.runbook_logins(line)}
+    assert sources == {topology.worker_hosts()[ran_in].address}, (ran_in, sources)
