@@ -129,9 +129,11 @@ async def set_run_command() -> None:
 def main() -> None:
     import asyncio
 
-    pools = _prefect("work-pool", "inspect", WORK_POOL)
-    if pools.returncode != 0:
-        _check(_prefect("work-pool", "create", WORK_POOL, "--type", "process"), "creating work pool")
+    if _prefect("work-pool", "inspect", WORK_POOL).returncode != 0:
+        created = _prefect("work-pool", "create", WORK_POOL, "--type", "process")
+        # A worker starting meanwhile creates it too (when its pool is missing): either one will do.
+        if created.returncode != 0 and _prefect("work-pool", "inspect", WORK_POOL).returncode != 0:
+            _check(created, "creating work pool")
     asyncio.run(set_run_command())
     _check(_prefect("block", "register", "-m", "blocks"), "registering block types")
     _check(_prefect("deploy", "--all"), "deploying prefect.yaml")

@@ -122,7 +122,9 @@ def pytest_collection_finish(session) -> None:
         target = _fleet_ids_file()
         part = target.with_suffix(f".{os.getpid()}.part")
         part.write_text(json.dumps({"fleet": [item.nodeid for item in session.items if _acts_on_fleet(item)],
-                                    "lab": [item.nodeid for item in session.items if _needs_lab(item)]}))
+                                    "lab": [item.nodeid for item in session.items if _needs_lab(item)],
+                                    "early": [item.nodeid for item in session.items
+                                              if item.get_closest_marker("early") is not None]}))
         part.replace(target)
 
 
@@ -132,8 +134,8 @@ def pytest_xdist_make_scheduler(config, log):
     from xdist.scheduler import LoadScopeScheduling
 
     class FleetScheduling(LoadScopeScheduling):
-        """The fleet's tests as one unit of work, in collection order, on one worker; every other test a unit
-        of its own, spread over the workers. Until the lab is up, the units that need it (the fleet's first
+        """The fleet's tests as one unit of work, in collection order, on one worker; each `early` module one
+        unit; every other test a unit of its own, spread over the workers. Until the lab is up, the units that need it (the fleet's first
         in the queue) are handed out only when nothing else is left: both workers run the others meanwhile."""
 
         ids: dict[str, set[str]] | None = None
@@ -144,7 +146,11 @@ def pytest_xdist_make_scheduler(config, log):
             return self.ids
 
         def _split_scope(self, nodeid: str) -> str:
-            return "fleet" if nodeid in self._read_ids()["fleet"] else nodeid
+            if nodeid in self._read_ids()["fleet"]:
+                return "fleet"
+            # An `early` module's tests share what they start (a module fixture: a whole Prefect stack): one
+            # unit, so it is started once, on one worker, rather than once on each.
+            return nodeid.split("::", 1)[0] if nodeid in self._read_ids()["early"] else nodeid
 
         def _assign_work_unit(self, node) -> None:
             if _EARLY_LAB.started_or_failed():
@@ -271,19 +277,19 @@ class _EarlyLab:
                 self.foreign = why
                 return
             self.was_up = lab_api.is_up()
-            if not self.was_up:
+            if self.was_up:
+                _register()
+            else:
+                # Registering needs only the Prefect server: it starts once that answers, while the rest
+                # of the lab is still coming up (~30 s sooner than after it).
+                registering = _Registration()
                 try:
                     lab_api.up(log=lambda *_: None)
                 except Exception:
+                    registering.cancel()
                     lab_api.down(log=lambda *_: None)
                     raise
-            from deployments import register
-            from lab.blocks import save_lab_blocks
-            from tests import fleet
-
-            save_lab_blocks(lab_api.lab_dir())
-            register.main()
-            fleet.set_automation(False)
+                registering.result()
         except BaseException as exc:  # noqa: BLE001 - raised in the session by `wait`
             self.error = exc
         finally:
@@ -327,6 +333,48 @@ def _send_prefect_logs_and_events() -> None:
             worker.drain_all(timeout=15, at_exit=False)
         except Exception:  # noqa: BLE001 - a log not sent must not fail the suite
             pass
+
+
+def _register() -> None:
+    """The lab's blocks saved and every deployment registered, with automation off until a test wants it."""
+    from deployments import register
+    from lab.blocks import save_lab_blocks
+    from tests import fleet
+
+    save_lab_blocks(lab_api.lab_dir())
+    register.main()
+    fleet.set_automation(False)
+
+
+class _Registration:
+    """_register() in a thread of its own, once the lab's Prefect server being brought up answers."""
+
+    def __init__(self) -> None:
+        self.cancelled = threading.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="lab-register", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        from lab.services import HttpOk
+
+        health = HttpOk(f"{topology.PREFECT_API_URL}/health", timeout=2.0)
+        try:
+            while health.check() is not None:
+                if self.cancelled.wait(0.5):
+                    return
+            _register()
+        except BaseException as exc:  # noqa: BLE001 - raised by result()
+            self.error = exc
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+        self.thread.join(120)
+
+    def result(self) -> None:
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
 
 
 _EARLY_LAB = _EarlyLab()
