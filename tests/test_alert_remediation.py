@@ -21,6 +21,7 @@ import lab
 from flows.circuit import close_circuit
 from flows.node_recovery import node_recovery
 from inventory import load_inventory
+from lab import topology
 from lab.credentials import lab_secrets
 from tasks import guards
 from tasks.audit import read_entries
@@ -98,7 +99,11 @@ def test_a_stalled_node_is_alerted_on_and_recovered_with_no_human_action(alerts_
                    what=f"{node} healthy and in rotation")
     assert fleet.spawns(node) == before + 1
     # The audit names the alert and the event that started the run.
-    started = [e for e in read_entries(run_id=str(run.id)) if e["kind"] == "started"][0]["data"]["trigger"]
+    record = [e for e in read_entries(run_id=str(run.id)) if e["kind"] == "started"][0]["data"]
+    # A triggered run executes in its node's region, on that region's worker (deployments/regional_worker.py).
+    region = topology.HOSTS[topology.NODES[node].host].region
+    assert record["placement"] == {"region": region, "ran_in": region, "fallback": False}, record["placement"]
+    started = record["trigger"]
     assert started["event"] == "runbooks.alert.firing"
     assert started["event_id"] == run.parameters["trigger_event_id"]
     assert started["alert"]["alertname"] == "NodeStalled" and started["alert"]["fingerprint"]

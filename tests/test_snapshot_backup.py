@@ -184,6 +184,10 @@ def test_the_monthly_dr_drill_runs_through_the_worker_with_its_schedules_paramet
     assert run.state.is_completed(), run.state
     [outcome] = [e["data"] for e in read_entries(run_id=str(run.id)) if e["kind"] == "outcome"]
     assert outcome["status"] == "succeeded" and "RPO" in outcome["detail"], outcome
+    # It ran in the standby host's region, where the restore lands, on that region's worker.
+    [started] = [e["data"] for e in read_entries(run_id=str(run.id)) if e["kind"] == "started"]
+    region = topology.HOSTS[topology.STANDBY_HOST].region
+    assert started["placement"] == {"region": region, "ran_in": region, "fallback": False}, started["placement"]
     records = objectstore.list_objects(store, "drills/lab-eth/")
     assert len(records) == drills_before + 1  # the drill's history record, as the report reads it
     from flows.dr_drill import drill_history
