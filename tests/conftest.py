@@ -105,10 +105,6 @@ def _needs_lab(item) -> bool:
     return "lab" in getattr(item, "fixturenames", ())
 
 
-def _own_stack(item) -> bool:
-    return item.get_closest_marker("own_stack") is not None
-
-
 def _acts_on_fleet(item) -> bool:
     return _needs_lab(item) and item.get_closest_marker("beside_fleet") is None
 
@@ -127,7 +123,8 @@ def pytest_collection_finish(session) -> None:
         part = target.with_suffix(f".{os.getpid()}.part")
         part.write_text(json.dumps({"fleet": [item.nodeid for item in session.items if _acts_on_fleet(item)],
                                     "lab": [item.nodeid for item in session.items if _needs_lab(item)],
-                                    "own_stack": [item.nodeid for item in session.items if _own_stack(item)]}))
+                                    "early": [item.nodeid for item in session.items
+                                              if item.get_closest_marker("early") is not None]}))
         part.replace(target)
 
 
@@ -137,10 +134,9 @@ def pytest_xdist_make_scheduler(config, log):
     from xdist.scheduler import LoadScopeScheduling
 
     class FleetScheduling(LoadScopeScheduling):
-        """The fleet's tests as one unit of work, in collection order, on one worker; each `own_stack` module one
-        unit; every other test a unit of its own, spread over the workers. Until the lab is up, the units that
-        need it (the fleet's first in the queue) and the `own_stack` ones are handed out only when nothing else
-        is left: both workers run the others meanwhile."""
+        """The fleet's tests as one unit of work, in collection order, on one worker; each `early` module one
+        unit; every other test a unit of its own, spread over the workers. Until the lab is up, the units that need it (the fleet's first
+        in the queue) are handed out only when nothing else is left: both workers run the others meanwhile."""
 
         ids: dict[str, set[str]] | None = None
 
@@ -152,17 +148,15 @@ def pytest_xdist_make_scheduler(config, log):
         def _split_scope(self, nodeid: str) -> str:
             if nodeid in self._read_ids()["fleet"]:
                 return "fleet"
-            # An `own_stack` module's tests share what they start (a module fixture: a whole Prefect stack):
-            # one unit, so it is started once, on one worker, rather than once on each.
-            return nodeid.split("::", 1)[0] if nodeid in self._read_ids()["own_stack"] else nodeid
+            # An `early` module's tests share what they start (a module fixture: a whole Prefect stack): one
+            # unit, so it is started once, on one worker, rather than once on each.
+            return nodeid.split("::", 1)[0] if nodeid in self._read_ids()["early"] else nodeid
 
         def _assign_work_unit(self, node) -> None:
             if _EARLY_LAB.started_or_failed():
                 return super()._assign_work_unit(node)
-            ids = self._read_ids()
-            # Held until the lab is up: what needs it, and the heavy stacks, which would slow it coming up.
-            held = ids["lab"] | {nodeid.split("::", 1)[0] for nodeid in ids["own_stack"]}
-            waiting = [scope for scope in self.workqueue if scope == "fleet" or scope in held]
+            needs_lab = self._read_ids()["lab"]
+            waiting = [scope for scope in self.workqueue if scope == "fleet" or scope in needs_lab]
             if len(waiting) == len(self.workqueue):
                 return super()._assign_work_unit(node)
             held = {scope: self.workqueue.pop(scope) for scope in waiting}
@@ -394,13 +388,11 @@ def pytest_collection_modifyitems(session, config, items) -> None:
     needs_lab.sort(key=lambda item: item.get_closest_marker("last") is not None)
     if _is_worker(config):
         # The fleet's tests first in the queue: the scheduler hands them to one worker as soon as the lab
-        # is up (FleetScheduling), while the other worker runs the rest: the tests beside the fleet, then the
-        # heavy stacks of their own (`own_stack`, after the lab is up, which they would slow), then what is
-        # left of the tests that need no lab (run by both workers while the lab comes up).
-        beside = [i for i in needs_lab if not _acts_on_fleet(i)]
-        own = [i for i in items if _own_stack(i)]
-        rest = [i for i in items if not _needs_lab(i) and not _own_stack(i)]
-        items[:] = [i for i in needs_lab if _acts_on_fleet(i)] + beside + own + rest
+        # is up (FleetScheduling), while the other worker runs the rest.
+        # Heavy tests of their own processes (`early`) go first, while the lab comes up and before the fleet's
+        # tests, whose timings they would otherwise stretch.
+        others = sorted((i for i in items if not _acts_on_fleet(i)), key=lambda i: i.get_closest_marker("early") is None)
+        items[:] = [i for i in needs_lab if _acts_on_fleet(i)] + others
     elif needs_lab and os.geteuid() == 0:
         items[:] = [item for item in items if not _needs_lab(item)] + needs_lab
         _EARLY_LAB.start()

@@ -23,7 +23,7 @@ from tests.postgres import postgres_server  # noqa: F401 - pytest fixture
 from tests.processes import free_port
 
 pytestmark = [pytest.mark.skipif(not Path("/usr/bin/redis-server").exists(), reason="redis-server is installed by `make setup`"),
-              pytest.mark.own_stack]
+              pytest.mark.early]
 
 
 @pytest.fixture(scope="module")
