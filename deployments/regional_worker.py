@@ -71,7 +71,13 @@ class _InventoryFile:
 
 def worker_class():
     """Built on first use: importing Prefect reads its settings, which callers must set first."""
+    import warnings
+
     from prefect.workers.process import ProcessWorker
+
+    # It keeps the pool's worker type ("process"), so Prefect's type registry (in this process only) now
+    # maps "process" to it; Prefect warns about that, and it is what we want.
+    warnings.filterwarnings("ignore", message="Type 'RegionalWorker' .* has key 'process'")
 
     class RegionalWorker(ProcessWorker):
         def __init__(self, *args, region: str, inventory_path: str, **kwargs) -> None:
