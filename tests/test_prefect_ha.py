@@ -228,7 +228,7 @@ def test_the_services_process_killed_then_restarted_catches_up_on_schedules_and_
              what="the restarted services to start the run the missed event asked for")
     # The scheduler is a perpetual task on Redis (docket): one the killed process had claimed is handed to
     # the new process only after docket's redelivery timeout (5 min, not a Prefect setting), so a schedule
-    # can wait that long after a SIGKILL; a process stopped cleanly hands it back at once.
+    # can wait that long after a SIGKILL.
     wait_for(lambda: runs(scheduled) > 0, REDELIVERY_S + 60 - (time.monotonic() - restarted), interval=1,
              what="the restarted services to schedule the deployment created while they were down")
     time.sleep(3)
