@@ -402,10 +402,10 @@ def _socket_problem(path: str) -> str | None:
 
 
 def prefect_programs(paths: Paths, ha: bool = False) -> list[Program]:
-    """A Prefect server (SQLite, the embedded default), a process worker and the prestart server its runs
-    are forked from. With `ha`, the server is the HA shape instead (prefect_ha_programs); its programs, the
-    prestart server and the worker are then left stopped for `lab up` to start in order
-    (control._start_prefect_ha): migrations first, one API server at a time."""
+    """A Prefect server (SQLite, the embedded default) and the regional workers (regional_programs). With
+    `ha`, the server is the HA shape instead (prefect_ha_programs); its programs, the prestart servers and
+    the workers are then left stopped for `lab up` to start in order (control._start_prefect_ha):
+    migrations first, one API server at a time."""
     prefect_env = {
         "PREFECT_HOME": str(paths.root / "prefect"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -492,6 +492,8 @@ def regional_programs(paths: Paths, prefect_env: dict[str, str]) -> list[Program
                 # Poll every second rather than every 10: the worker picks up a new run within ~0.5 s (its
                 # process is then forked by the prestart server in under a second; see bench/). Runs
                 # heartbeat every 30 s, so one whose worker died with it is marked crashed (register.py).
+                # 30: deployments/register.py HEARTBEAT_SECONDS (not imported: it imports Prefect, whose
+                # settings this module's callers set first).
                 env=run_env | {"PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"},
                 cwd=str(REPO_ROOT), stopwaitsecs=15,
                 startretries=60,  # it exits until the server answers; supervisord retries
