@@ -30,7 +30,7 @@ demo-down:
 # left quiet, the 1,000-node alert storm (marked `scale`: ~2.5-3 min of both cores, its own Prefect).
 test: setup
 	$(UV) run --frozen pytest -n 2
-	$(UV) run --frozen pytest -n 0 -m scale
+	$(UV) run --frozen pytest -n 0 -m scale tests/test_storm_scale.py
 
 bench: setup
 	$(PY) bench/fleet_health_bench.py
