@@ -26,11 +26,10 @@ demo-down:
 	$(PY) -m lab down
 
 # The whole suite against the real lab (started once, shared by every test): the fleet's tests on one
-# worker, everything else on the other meanwhile (tests/conftest.py). Then, on the machine the suite has
-# left quiet, the 1,000-node alert storm (marked `scale`: ~2.5-3 min of both cores, its own Prefect).
+# worker, everything else on the other meanwhile (tests/conftest.py). Last, on the machine the other tests
+# have left quiet, the 1,000-node alert storm (marked `scale`: ~2.5 min of both cores, its own Prefect).
 test: setup
 	$(UV) run --frozen pytest -n 2
-	$(UV) run --frozen pytest -n 0 -m scale tests/test_storm_scale.py
 
 bench: setup
 	$(PY) bench/fleet_health_bench.py

@@ -109,8 +109,29 @@ def _acts_on_fleet(item) -> bool:
     return _needs_lab(item) and item.get_closest_marker("beside_fleet") is None
 
 
+def _runs_alone(item) -> bool:
+    return item.get_closest_marker("scale") is not None
+
+
 def _fleet_ids_file() -> Path:
     return Path(f"/var/tmp/rblab.session.{os.environ.get(SESSION_ENV, 'none')}.fleet.json")
+
+
+def _alone_file() -> Path:
+    """Written by the controller's scheduler once every test but the `scale` ones has finished."""
+    return Path(f"/var/tmp/rblab.session.{os.environ.get(SESSION_ENV, 'none')}.alone")
+
+
+def wait_until_alone(timeout: float = 1800) -> None:
+    """Under `-n 2`, returns once every other test of the session has finished (see FleetScheduling); at
+    once without xdist, where the `scale` tests are the session's last."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    deadline = time.monotonic() + timeout
+    while not _alone_file().exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the other tests had not finished after {timeout:.0f} s")
+        time.sleep(1)
 
 
 def pytest_collection_finish(session) -> None:
@@ -124,7 +145,8 @@ def pytest_collection_finish(session) -> None:
         part.write_text(json.dumps({"fleet": [item.nodeid for item in session.items if _acts_on_fleet(item)],
                                     "lab": [item.nodeid for item in session.items if _needs_lab(item)],
                                     "early": [item.nodeid for item in session.items
-                                              if item.get_closest_marker("early") is not None]}))
+                                              if item.get_closest_marker("early") is not None],
+                                    "alone": [item.nodeid for item in session.items if _runs_alone(item)]}))
         part.replace(target)
 
 
@@ -135,10 +157,13 @@ def pytest_xdist_make_scheduler(config, log):
 
     class FleetScheduling(LoadScopeScheduling):
         """The fleet's tests as one unit of work, in collection order, on one worker; each `early` module one
-        unit; every other test a unit of its own, spread over the workers. Until the lab is up, the units that need it (the fleet's first
-        in the queue) are handed out only when nothing else is left: both workers run the others meanwhile."""
+        unit; every other test a unit of its own, spread over the workers. Until the lab is up, the units that
+        need it (the fleet's first in the queue) are handed out only when nothing else is left: both workers run
+        the others meanwhile. The `scale` tests come last, and their worker waits until every other test has
+        finished (wait_until_alone): they measure the machine, and run on it alone."""
 
         ids: dict[str, set[str]] | None = None
+        announced_alone = False
 
         def _read_ids(self) -> dict[str, set[str]]:
             if self.ids is None:  # written by the workers before they report their collection
@@ -153,19 +178,32 @@ def pytest_xdist_make_scheduler(config, log):
             return nodeid.split("::", 1)[0] if nodeid in self._read_ids()["early"] else nodeid
 
         def _assign_work_unit(self, node) -> None:
-            if _EARLY_LAB.started_or_failed():
+            if _EARLY_LAB.started_or_failed():  # in queue order: the `scale` tests are last (modifyitems)
                 return super()._assign_work_unit(node)
-            needs_lab = self._read_ids()["lab"]
-            waiting = [scope for scope in self.workqueue if scope == "fleet" or scope in needs_lab]
-            if len(waiting) == len(self.workqueue):
+            ids = self._read_ids()
+            lab_units = [scope for scope in self.workqueue if scope == "fleet" or scope in ids["lab"]]
+            alone = [scope for scope in self.workqueue if scope in ids["alone"]]
+            if len(lab_units) + len(alone) == len(self.workqueue):
                 return super()._assign_work_unit(node)
-            held = {scope: self.workqueue.pop(scope) for scope in waiting}
+            held = {scope: self.workqueue.pop(scope) for scope in lab_units + alone}
             try:
                 super()._assign_work_unit(node)
-            finally:  # back at the front, in their order
-                for scope in reversed(waiting):
+            finally:  # the lab's back at the front, in their order; the `scale` ones at the end
+                for scope in reversed(lab_units):
                     self.workqueue[scope] = held[scope]
                     self.workqueue.move_to_end(scope, last=False)
+                for scope in alone:
+                    self.workqueue[scope] = held[scope]
+
+        def mark_test_complete(self, node, item_index: int, duration: float = 0) -> None:
+            super().mark_test_complete(node, item_index, duration)
+            alone = self._read_ids()["alone"]
+            if alone and not self.announced_alone and not any(
+                    scope not in alone for scope in self.workqueue) and all(
+                    done for work in self.assigned_work.values() for scope, tests in work.items()
+                    if scope not in alone for done in tests.values()):
+                self.announced_alone = True
+                _alone_file().touch()
 
     return FleetScheduling(config, log)
 
@@ -177,11 +215,14 @@ def pytest_sessionstart(session) -> None:
         _EARLY_LAB.start(announce=True)
 
 
-# The fleet's tests are the suite's critical path, and many of them time what the lab's services do; the other
-# worker's tests have minutes to spare. So under `-n 2` the other worker's tests (and every process they start:
-# niceness is inherited) run at a lower CPU priority: on these 2 cores the fleet's side, and the lab it drives
-# (started by the controller at normal priority), get the CPU first when both want it, and wait for nothing.
-# Per thread on Linux; the tests run on the worker's main thread. Root may lower it back for a fleet test.
+# CPU priority on these 2 cores, by who waits on whom. The fleet's tests are the suite's critical path, and
+# many of them time what the lab's services do; the other worker's tests have minutes to spare.
+# - The lab a session brings up runs above normal priority, as does registering its deployments: bringing it
+#   up starts the critical path. Its services, and the runs its workers fork, inherit it.
+# - Under `-n 2` the other worker's tests, and every process they start, run below normal priority: when both
+#   sides want the CPU, the fleet's side gets it first.
+# Niceness is per thread on Linux (tests run on a worker's main thread) and inherited; root may lower it back.
+LAB_NICENESS = -5
 OTHER_LANE_NICENESS = 5
 
 
@@ -294,6 +335,8 @@ class _EarlyLab:
             if self.was_up:
                 _register()
             else:
+                if os.geteuid() == 0:  # this thread, and every process and thread it starts from here on
+                    os.setpriority(os.PRIO_PROCESS, 0, LAB_NICENESS)
                 # Registering needs only the Prefect server: it starts once that answers, while the rest
                 # of the lab is still coming up (~30 s sooner than after it).
                 registering = _Registration()
@@ -327,6 +370,7 @@ class _EarlyLab:
             if self.announce:
                 LAB_READY.unlink(missing_ok=True)
                 _fleet_ids_file().unlink(missing_ok=True)
+                _alone_file().unlink(missing_ok=True)
             if not self.was_up:
                 _send_prefect_logs_and_events()
                 lab_api.down(log=lambda *_: None)
@@ -405,10 +449,13 @@ def pytest_collection_modifyitems(session, config, items) -> None:
         # is up (FleetScheduling), while the other worker runs the rest.
         # Heavy tests of their own processes (`early`) go first, while the lab comes up and before the fleet's
         # tests, whose timings they would otherwise stretch.
-        others = sorted((i for i in items if not _acts_on_fleet(i)), key=lambda i: i.get_closest_marker("early") is None)
+        # The `scale` tests last of all (they run alone, after everything else).
+        others = sorted((i for i in items if not _acts_on_fleet(i)),
+                        key=lambda i: (_runs_alone(i), i.get_closest_marker("early") is None))
         items[:] = [i for i in needs_lab if _acts_on_fleet(i)] + others
     elif needs_lab and os.geteuid() == 0:
-        items[:] = [item for item in items if not _needs_lab(item)] + needs_lab
+        items[:] = ([item for item in items if not _needs_lab(item) and not _runs_alone(item)] + needs_lab
+                    + [item for item in items if _runs_alone(item)])
         _EARLY_LAB.start()
 
 

@@ -26,9 +26,9 @@ event that matches, a Redis round trip or two for every one, ~12,000 events with
 the services process, ~0.8-0.9 of a core; a second services process consuming the same streams, batched
 stream reads or in-memory causal ordering did not change it measurably here. Beside a whole `pytest -n 2` run
 on the same machine it took 187 s to the thousandth run and 263 s wall, and beside the fleet's tests it slowed
-them by ~2 min (and a UI test timed out). So it is marked `scale`, left out of the suite's `pytest -n 2`
-session, and run by `make test` right after it, alone on the machine: `pytest -n 0 -m scale` (add
-`tests/test_storm_scale.py -s` to see its figures).
+them by ~2 min (and a UI test timed out). So it is marked `scale`: the session's last test, and under
+`pytest -n 2` its worker waits until every other test has finished (tests/conftest.py), so it has the machine
+to itself (the lab is still up then, idle). Add `-s` to see its figures.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ import pytest
 import yaml
 
 from lab import simfleet
-from tests.conftest import _send_prefect_logs_and_events
+from tests.conftest import _send_prefect_logs_and_events, wait_until_alone
 from tests.processes import free_port, stop_process
 from tests.test_alert_bridge import BEARER, start_bridge, wait_listening
 
@@ -69,8 +69,9 @@ HEALTH_BOUND_S = 1.0
 ALL_RUNS_BOUND_S = 300.0
 STARTS_AT = "2026-12-06T08:00:00Z"  # one incident per alert: the same startsAt in every repeat
 
-# Deselected from the suite's session by pyproject's addopts; `make test` runs it afterwards with `-m scale`.
-pytestmark = [pytest.mark.scale, pytest.mark.timeout(900)]
+# `scale`: the suite's last test, alone on the machine (tests/conftest.py). Timed from its fixtures on: the wait
+# for the other tests to finish has its own bound.
+pytestmark = [pytest.mark.scale, pytest.mark.timeout(900, func_only=True)]
 
 
 def node_recovery_declared() -> tuple[dict, str]:
@@ -294,7 +295,13 @@ def _redis_ready(port: int) -> bool:
 
 
 @pytest.fixture
-def storm_prefect(tmp_path):
+def alone() -> None:
+    """The rest of the session finished: the storm's figures are the machine's, not shared with other tests."""
+    wait_until_alone()
+
+
+@pytest.fixture
+def storm_prefect(alone, tmp_path):
     """A Prefect of the test's own in the scaled shape (lab/prefect_ha.py, with one API server and no balancer):
     a throwaway PostgreSQL (tests/postgres.py), a throwaway Redis for messaging, the API server
     (`--no-services`) and the background services in a process of their own. All stopped by PID afterwards;
