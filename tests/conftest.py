@@ -229,31 +229,7 @@ OTHER_LANE_NICENESS = 5
 @pytest.hookimpl(tryfirst=True)  # before the test's fixtures start anything
 def pytest_runtest_setup(item) -> None:
     if _is_worker(item.config) and os.geteuid() == 0:
-        _until_the_controllers_lab_is_settled()
-        # The `scale` tests run alone, at normal priority.
-        first = _acts_on_fleet(item) or _runs_alone(item)
-        os.setpriority(os.PRIO_PROCESS, 0, 0 if first else OTHER_LANE_NICENESS)
-
-
-_lab_settled = False
-
-
-def _until_the_controllers_lab_is_settled(timeout: float = 900) -> None:
-    """Under `-n 2` no test starts before the controller's lab is up and registered (or has failed): bringing it
-    up is CPU-bound on these 2 cores and the start of the critical path, and the other worker has minutes to
-    spare. Up and registered 118-123 s into the session with both workers' tests beside it, ~70 s without."""
-    global _lab_settled
-    import json
-
-    deadline = time.monotonic() + timeout
-    while not _lab_settled and time.monotonic() < deadline:
-        try:
-            _lab_settled = json.loads(LAB_READY.read_text()).get("session") == os.environ.get(SESSION_ENV)
-        except (OSError, ValueError):
-            pass
-        if not _lab_settled:
-            time.sleep(0.5)
-    _lab_settled = True  # waited once: a lab that never said so is the lab fixture's error to report
+        os.setpriority(os.PRIO_PROCESS, 0, 0 if _acts_on_fleet(item) else OTHER_LANE_NICENESS)
 
 
 def _wait_for_the_controllers_lab(timeout: float = 900) -> None:
@@ -471,7 +447,8 @@ def pytest_collection_modifyitems(session, config, items) -> None:
     if _is_worker(config):
         # The fleet's tests first in the queue: the scheduler hands them to one worker as soon as the lab
         # is up (FleetScheduling), while the other worker runs the rest.
-        # Heavy tests of their own processes (`early`) first on the other worker, as soon as the lab is up.
+        # Heavy tests of their own processes (`early`) go first, while the lab comes up and before the fleet's
+        # tests, whose timings they would otherwise stretch.
         # The `scale` tests last of all (they run alone, after everything else).
         others = sorted((i for i in items if not _acts_on_fleet(i)),
                         key=lambda i: (_runs_alone(i), i.get_closest_marker("early") is None))
