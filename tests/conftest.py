@@ -229,7 +229,9 @@ OTHER_LANE_NICENESS = 5
 @pytest.hookimpl(tryfirst=True)  # before the test's fixtures start anything
 def pytest_runtest_setup(item) -> None:
     if _is_worker(item.config) and os.geteuid() == 0:
-        os.setpriority(os.PRIO_PROCESS, 0, 0 if _acts_on_fleet(item) else OTHER_LANE_NICENESS)
+        # The `scale` tests run alone, at normal priority.
+        first = _acts_on_fleet(item) or _runs_alone(item)
+        os.setpriority(os.PRIO_PROCESS, 0, 0 if first else OTHER_LANE_NICENESS)
 
 
 def _wait_for_the_controllers_lab(timeout: float = 900) -> None:
