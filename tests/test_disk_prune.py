@@ -10,6 +10,7 @@ import os
 import pwd
 import shlex
 import time
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -71,8 +72,9 @@ def deletes(run_id: str) -> list[str]:
 
 def prune_runs(since: float, **parameters) -> dict[str, dict | None]:
     """disk-prune runs started since `since` (with these parameters): run id -> its outcome (None while it runs)."""
-    after = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(since - 1))
-    runs = {e["run_id"]: None for e in read_entries(kind="started") if e["flow"] == "disk-prune" and e["ts"] >= after
+    # To the microsecond the trail records: a second's slack let the previous test's run in.
+    runs = {e["run_id"]: None for e in read_entries(kind="started") if e["flow"] == "disk-prune"
+            and datetime.fromisoformat(e["ts"]).timestamp() >= since
             and parameters.items() <= e["data"]["parameters"].items()}
     for e in read_entries(kind="outcome"):
         if e["run_id"] in runs:
