@@ -156,7 +156,7 @@ def main() -> None:
         raise SystemExit("deployment triggers missing after deploy: " + "; ".join(problems))
     # `prefect deploy` just stored the flows' own schemas; make them operator forms again.
     imports.join()
-    forms.apply(declared_deployments())
+    forms.apply(names)
     print(f"work pool {WORK_POOL!r}, blocks and {len(declared_triggers())} deployments registered; triggers verified; forms set")
 
 
