@@ -134,6 +134,9 @@ def wait_until_alone(timeout: float = 1800) -> None:
         time.sleep(1)
 
 
+# tryfirst: before xdist's own hook reports the collection to the controller, whose scheduler reads this file
+# as soon as it has the report (a fresh machine's first run lost that race).
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_finish(session) -> None:
     """A worker tells the controller's scheduler which of the tests it collected act on the fleet and which
     need the lab (every worker collects the same tests, so whichever writes last writes the same lists)."""
