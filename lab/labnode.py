@@ -21,6 +21,13 @@ Files
   DATADIR/sync-held  while it exists, a follower does not follow (the `lag`
              fault). On disk, so a restart does not clear it: a node whose
              sync source is gone restarts fine and stays behind.
+  DATADIR/state.json anvil's state, rewritten in place every 2 s. A kill in
+             the middle of a write tears it, and anvil then refuses to start
+             (exit 2) for good. A real client recovers from an unclean stop, so
+             a torn file (not JSON) is set aside as state.json.torn and the node
+             starts empty and catches up. A file that is JSON but that anvil
+             cannot load (another anvil's, the failed-upgrade case) is left
+             for anvil to refuse.
   SIGTERM/INT  forwarded to anvil, which dumps its state; then exit.
 
 Metrics
@@ -106,6 +113,18 @@ def serve_metrics(host: str, port: int, own_url: str) -> None:
     threading.Thread(target=server.serve_forever, daemon=True).start()
 
 
+def set_aside_torn_state(path: str) -> None:
+    """A state file a kill tore mid-write (see Files) out of anvil's way."""
+    try:
+        with open(path, "rb") as f:
+            json.load(f)
+    except FileNotFoundError:
+        return
+    except ValueError as exc:  # not JSON (or not UTF-8): a torn write
+        os.replace(path, path + ".torn")
+        log(f"{path} torn by an unclean stop ({exc}): set aside as {path}.torn; starting empty")
+
+
 class Node:
     def __init__(self, args: argparse.Namespace):
         self.args = args
@@ -136,12 +155,14 @@ class Node:
     def start_anvil(self) -> None:
         a = self.args
         os.makedirs(os.path.join(a.datadir, "home"), exist_ok=True)
+        state = os.path.join(a.datadir, "state.json")
+        set_aside_torn_state(state)
         cmd = [
             a.anvil,
             "--host", a.host,
             "--port", str(a.port),
             "--chain-id", str(a.chain_id),
-            "--state", os.path.join(a.datadir, "state.json"),
+            "--state", state,
             "--state-interval", "2",
             "--prune-history",
         ]
