@@ -37,6 +37,11 @@ def main(argv: list[str] | None = None) -> int:
         print("starting the lab: 4 hosts (sshd + supervisord; h4 the standby), 5 nodes, 2 references, HAProxy, Prometheus, "
               "Alertmanager, SeaweedFS, PostgreSQL, a Prefect server and one worker per region in its host's namespace")
         control.up(ha=args.ha)
+        if "prefect" in sys.modules:
+            # Bringing the lab up imported Prefect, which reads its settings once, at import: without the HA
+            # shape's API login, which exists only now, every call would be refused (401). Start again, on
+            # the lab that is up now, with the login in the environment before Prefect is imported.
+            os.execv(sys.executable, [sys.executable, "-m", "lab.demo", *(sys.argv[1:] if argv is None else argv)])
         os.environ.update(services.runbook_env(paths))  # the HA shape's API login, now that it exists
     from deployments import register
     from lab.blocks import save_lab_blocks
@@ -98,14 +103,19 @@ def main(argv: list[str] | None = None) -> int:
     backups.append(demo_report())
     ui = topology.PREFECT_API_URL.removesuffix("/api")
     runs = "\n".join(f"  {r.name:16s}{ui}/runs/flow-run/{r.id}" for r in backups)
+    if os.environ.get("RUNBOOKS_AUDIT_DSN"):  # the HA shape: every region's worker writes one trail there
+        audit = ("  audit record    in the run's artifacts, and in the lab's PostgreSQL (table audit_records; "
+                 "`python -m tasks.audit show` with runbook_env's RUNBOOKS_AUDIT_DSN)")
+    else:
+        audit = (f"  audit record    uv run python -m tasks.audit --dir {paths.root / 'audit'} show {run.id}\n"
+                 f"  audit files     {paths.root / 'audit'}/audit-*.jsonl (append-only JSON lines)")
     print(f"""
 {args.node}: {run.state.name} {fixed_after:.0f}s after the fault, no human action.
 
 Where to look:
   Prefect UI      {ui}
   the run         {ui}/runs/flow-run/{run.id}
-  audit record    uv run python -m tasks.audit --dir {paths.root / 'audit'} show {run.id}
-  audit files     {paths.root / 'audit'}/audit-*.jsonl (append-only JSON lines)
+{audit}
   Slack messages  curl -s http://{topology.STUB_HOST}:{topology.STUB_PORT}/_records
   the fleet       uv run python -m lab status
 
