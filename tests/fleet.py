@@ -184,6 +184,45 @@ class automation_on:
         set_automation(False)
 
 
+class schedule_due_soon:
+    """`with schedule_due_soon("fleet-health/fleet-health"):` the deployment's interval schedule keeps its
+    interval, but its next slot comes `in_seconds` from now rather than up to a whole interval later; the
+    original schedule is put back afterwards. The lab's scheduler creates runs every 5 s, and only for slots
+    still to come: `in_seconds` leaves it two rounds to do so."""
+
+    def __init__(self, deployment: str, in_seconds: float = 12):
+        self.deployment, self.in_seconds = deployment, in_seconds
+
+    def _update(self, schedule_for) -> None:
+        from tasks import prefect_api
+
+        with prefect_api.client(30, retries=True) as client:
+            d = client.read_deployment_by_name(self.deployment)
+            for s in d.schedules:
+                # The parameters are sent back: a PATCH without them clears them (see lab/runs.py).
+                client.update_deployment_schedule(d.id, s.id, schedule=schedule_for(s),
+                                                  parameters=s.parameters or {})
+
+    def __enter__(self):
+        from datetime import datetime, timedelta, timezone
+
+        from prefect.client.schemas.schedules import IntervalSchedule
+
+        self.original = {}
+        soon = datetime.now(timezone.utc) + timedelta(seconds=self.in_seconds)
+
+        def moved(s):
+            assert isinstance(s.schedule, IntervalSchedule), f"{self.deployment}: not an interval schedule"
+            self.original[s.id] = s.schedule
+            return IntervalSchedule(interval=s.schedule.interval, anchor_date=soon, timezone=s.schedule.timezone)
+
+        self._update(moved)
+        return self
+
+    def __exit__(self, *exc):
+        self._update(lambda s: self.original.get(s.id, s.schedule))
+
+
 class one_automation_on:
     """`with one_automation_on(trigger=..., schedule=...):` only that trigger (by
     automation name) and that deployment's schedules act, nothing else."""

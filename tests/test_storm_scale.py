@@ -295,13 +295,7 @@ def _redis_ready(port: int) -> bool:
 
 
 @pytest.fixture
-def alone() -> None:
-    """The rest of the session finished: the storm's figures are the machine's, not shared with other tests."""
-    wait_until_alone()
-
-
-@pytest.fixture
-def storm_prefect(alone, tmp_path):
+def storm_prefect(tmp_path):
     """A Prefect of the test's own in the scaled shape (lab/prefect_ha.py, with one API server and no balancer):
     a throwaway PostgreSQL (tests/postgres.py), a throwaway Redis for messaging, the API server
     (`--no-services`) and the background services in a process of their own. All stopped by PID afterwards;
@@ -370,8 +364,15 @@ def storm_prefect(alone, tmp_path):
         stop_server(pg)
 
 
+@pytest.fixture
+def alone(storm_prefect) -> None:
+    """The rest of the session finished: the storm's figures are the machine's, not shared with other tests.
+    Its Prefect (~15 s to start) is started meanwhile, while the fleet's last tests run."""
+    wait_until_alone()
+
+
 def test_a_thousand_node_alert_storm_starts_one_run_per_node_and_a_halted_chain_restarts_nothing(
-        storm_prefect, tmp_path, stubs, audit_dir, monkeypatch):
+        storm_prefect, alone, tmp_path, stubs, audit_dir, monkeypatch):
     from blocks import PagerDutyService, SlackWorkspace
     from flows.node_recovery import node_recovery
     from tasks.audit import read_entries
