@@ -162,7 +162,8 @@ def pytest_xdist_make_scheduler(config, log):
         """The fleet's tests as one unit of work, in collection order, on one worker; each `early` module one
         unit; every other test a unit of its own, spread over the workers. Until the lab is up, the units that
         need it (the fleet's first in the queue) are handed out only when nothing else is left: both workers run
-        the others meanwhile. The `scale` tests come last, and their worker waits until every other test has
+        the others meanwhile. Once it is up, the fleet's unit goes to the first worker with nothing left to run.
+        The `scale` tests come last, and their worker waits until every other test has
         finished (wait_until_alone): they measure the machine, and run on it alone."""
 
         ids: dict[str, set[str]] | None = None
@@ -198,6 +199,15 @@ def pytest_xdist_make_scheduler(config, log):
                 for scope in alone:
                     self.workqueue[scope] = held[scope]
 
+        def _reschedule(self, node) -> None:
+            # The fleet's unit goes to the first worker with nothing left to run. xdist hands a worker its next
+            # unit while two of its tests are still to run: the fleet's could wait there behind a long one (the
+            # HA drills' services drill, ~5 min). Until a worker is free, neither takes more.
+            if (not node.shutting_down and "fleet" in self.workqueue and _EARLY_LAB.started_or_failed()
+                    and self._pending_of(self.assigned_work[node]) > 0):
+                return
+            super()._reschedule(node)
+
         def mark_test_complete(self, node, item_index: int, duration: float = 0) -> None:
             super().mark_test_complete(node, item_index, duration)
             alone = self._read_ids()["alone"]
@@ -216,6 +226,10 @@ def pytest_sessionstart(session) -> None:
     if _is_controller(session.config) and os.geteuid() == 0:
         os.environ[SESSION_ENV] = str(os.getpid())
         _EARLY_LAB.start(announce=True)
+    elif _is_worker(session.config) and os.geteuid() == 0:
+        # A worker's collection (every test module imported: ~30 s of CPU each) runs while the lab comes up,
+        # below it; pytest_runtest_setup sets each test's priority.
+        os.setpriority(os.PRIO_PROCESS, 0, OTHER_LANE_NICENESS)
 
 
 # CPU priority on these 2 cores, by who waits on whom. The fleet's tests are the suite's critical path, and
@@ -306,12 +320,14 @@ class _EarlyLab:
         self.lock_file = None
         self.finished = False
         self.announce = False  # tell xdist workers through LAB_READY
+        self.started_at = 0.0
 
     def start(self, announce: bool = False) -> None:
         if self.thread is None:
             self.announce = announce
             if announce:
                 LAB_READY.unlink(missing_ok=True)
+            self.started_at = time.monotonic()
             self.thread = threading.Thread(target=self._run, name="lab-start", daemon=True)
             self.thread.start()
 
@@ -344,14 +360,18 @@ class _EarlyLab:
                     os.setpriority(os.PRIO_PROCESS, 0, LAB_NICENESS)
                 # Registering needs only the Prefect server: it starts once that answers, while the rest
                 # of the lab is still coming up (~30 s sooner than after it).
-                registering = _Registration()
+                registering = _Registration(self.started_at)
                 try:
                     lab_api.up(log=lambda *_: None)
                 except Exception:
                     registering.cancel()
                     lab_api.down(log=lambda *_: None)
                     raise
+                up_s = time.monotonic() - self.started_at
                 registering.result()
+                # The critical path's first stretch: the fleet's tests wait for it (see README, "make test").
+                _say(f"lab up {up_s:.0f} s, its Prefect answering {registering.answered_s:.0f} s and every "
+                     f"deployment registered {time.monotonic() - self.started_at:.0f} s into the session")
         except BaseException as exc:  # noqa: BLE001 - raised in the session by `wait`
             self.error = exc
         finally:
@@ -412,7 +432,8 @@ def _register() -> None:
 class _Registration:
     """_register() in a thread of its own, once the lab's Prefect server being brought up answers."""
 
-    def __init__(self) -> None:
+    def __init__(self, started_at: float) -> None:
+        self.started_at, self.answered_s = started_at, float("nan")
         self.cancelled = threading.Event()
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="lab-register", daemon=True)
@@ -426,6 +447,7 @@ class _Registration:
             while health.check() is not None:
                 if self.cancelled.wait(0.5):
                     return
+            self.answered_s = time.monotonic() - self.started_at
             _register()
         except BaseException as exc:  # noqa: BLE001 - raised by result()
             self.error = exc
