@@ -63,6 +63,7 @@ def pytest_sessionfinish(session, exitstatus) -> None:
     if _is_worker(session.config):
         _send_prefect_logs_and_events()  # before the worker says it is done and the controller takes the lab down
     _EARLY_LAB.finish()  # a lab started for tests that never asked for it (stopped early, -x) is not left up
+    _AUTOGROUPS.restore()
     if _skipped and not skips_allowed() and session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
@@ -162,12 +163,16 @@ def pytest_xdist_make_scheduler(config, log):
         """The fleet's tests as one unit of work, in collection order, on one worker; each `early` module one
         unit; every other test a unit of its own, spread over the workers. Until the lab is up, the units that
         need it (the fleet's first in the queue) are handed out only when nothing else is left: both workers run
-        the others meanwhile. Once it is up, the fleet's unit goes to the first worker with nothing left to run.
+        the others meanwhile. The fleet's unit never goes to a worker still running an `early` module (_reschedule).
         The `scale` tests come last, and their worker waits until every other test has
         finished (wait_until_alone): they measure the machine, and run on it alone."""
 
         ids: dict[str, set[str]] | None = None
         announced_alone = False
+
+        def __init__(self, config, log=None) -> None:
+            super().__init__(config, log)
+            self.waiting: set = set()  # workers refused the fleet's unit with nothing else to give them
 
         def _read_ids(self) -> dict[str, set[str]]:
             if self.ids is None:  # written by the workers before they report their collection
@@ -199,14 +204,30 @@ def pytest_xdist_make_scheduler(config, log):
                 for scope in alone:
                     self.workqueue[scope] = held[scope]
 
+        def _running_early(self, node) -> bool:
+            early = self._read_ids()["early"]
+            return any(nodeid in early and not done
+                       for tests in self.assigned_work.get(node, {}).values() for nodeid, done in tests.items())
+
         def _reschedule(self, node) -> None:
-            # The fleet's unit goes to the first worker with nothing left to run. xdist hands a worker its next
-            # unit while two of its tests are still to run: the fleet's could wait there behind a long one (the
-            # HA drills' services drill, ~5 min). Until a worker is free, neither takes more.
-            if (not node.shutting_down and "fleet" in self.workqueue and _EARLY_LAB.started_or_failed()
-                    and self._pending_of(self.assigned_work[node]) > 0):
+            # xdist hands a worker its next unit while two of its tests are still to run (and a worker holds its
+            # last test until it has another or is told to stop). The fleet's unit, handed to the worker running
+            # an `early` module, would wait there behind it (the HA drills' services drill runs ~5 min): that
+            # worker gets any other unit instead, or waits until the other worker has taken the fleet's.
+            if (not node.shutting_down and "fleet" in self.workqueue and self._running_early(node)
+                    and not all(self._running_early(n) for n in self.nodes)):
+                others = [scope for scope in self.workqueue if scope != "fleet" and scope not in self._read_ids()["alone"]]
+                if others and self._pending_of(self.assigned_work[node]) <= 2:
+                    self.workqueue.move_to_end(others[0], last=False)
+                    self._assign_work_unit(node)
+                elif not others:
+                    self.waiting.add(node)
                 return
             super()._reschedule(node)
+            if "fleet" not in self.workqueue:
+                for waiting in self.waiting:
+                    super()._reschedule(waiting)
+                self.waiting.clear()
 
         def mark_test_complete(self, node, item_index: int, duration: float = 0) -> None:
             super().mark_test_complete(node, item_index, duration)
@@ -225,6 +246,7 @@ def pytest_xdist_make_scheduler(config, log):
 def pytest_sessionstart(session) -> None:
     if _is_controller(session.config) and os.geteuid() == 0:
         os.environ[SESSION_ENV] = str(os.getpid())
+        _AUTOGROUPS.off()
         _EARLY_LAB.start(announce=True)
     elif _is_worker(session.config) and os.geteuid() == 0:
         # A worker's collection (every test module imported: ~30 s of CPU each) runs while the lab comes up,
@@ -241,6 +263,33 @@ def pytest_sessionstart(session) -> None:
 # Niceness is per thread on Linux (tests run on a worker's main thread) and inherited; root may lower it back.
 LAB_NICENESS = -5
 OTHER_LANE_NICENESS = 5
+
+
+class _Autogroups:
+    """Linux's autogroups put each session (every setsid: supervisord, each run the prestart server forks, the
+    stacks tests start) in a scheduling group of its own, and share the CPU equally between groups whatever
+    their processes' niceness: the priorities above held only inside one session, and the lab's Prefect server
+    took 75 s to answer beside the HA drills' stacks (~30 s alone). Off for the session, as before it after."""
+
+    SYSCTL = Path("/proc/sys/kernel/sched_autogroup_enabled")
+
+    def __init__(self) -> None:
+        self.was: str | None = None
+
+    def off(self) -> None:
+        try:
+            self.was = self.SYSCTL.read_text().strip()
+            self.SYSCTL.write_text("0")
+        except OSError:  # no such kernel feature, or a read-only /proc: the priorities hold as far as they can
+            self.was = None
+
+    def restore(self) -> None:
+        if self.was is not None:
+            self.SYSCTL.write_text(self.was)
+            self.was = None
+
+
+_AUTOGROUPS = _Autogroups()
 
 
 @pytest.hookimpl(tryfirst=True)  # before the test's fixtures start anything
