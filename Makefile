@@ -26,8 +26,8 @@ demo-down:
 	$(PY) -m lab down
 
 # The whole suite against the real lab (started once, shared by every test): the fleet's tests on one
-# worker, everything else on the other meanwhile (tests/conftest.py). Last, on the machine the other tests
-# have left quiet, the 1,000-node alert storm (marked `scale`: ~2.5 min of both cores, its own Prefect).
+# worker, everything else on the other meanwhile (tests/conftest.py). Last, on the worker the other tests
+# have left free, beside the fleet's last tests, the 1,000-node alert storm (marked `scale`, its own Prefect).
 test: setup
 	$(UV) run --frozen pytest -n 2
 

@@ -110,7 +110,7 @@ def _acts_on_fleet(item) -> bool:
     return _needs_lab(item) and item.get_closest_marker("beside_fleet") is None
 
 
-def _runs_alone(item) -> bool:
+def _is_scale(item) -> bool:
     return item.get_closest_marker("scale") is not None
 
 
@@ -118,18 +118,18 @@ def _fleet_ids_file() -> Path:
     return Path(f"/var/tmp/rblab.session.{os.environ.get(SESSION_ENV, 'none')}.fleet.json")
 
 
-def _alone_file() -> Path:
-    """Written by the controller's scheduler once every test but the `scale` ones has finished."""
-    return Path(f"/var/tmp/rblab.session.{os.environ.get(SESSION_ENV, 'none')}.alone")
+def _only_fleet_left_file() -> Path:
+    """Written by the controller's scheduler once every test but the fleet's and the `scale` ones has finished."""
+    return Path(f"/var/tmp/rblab.session.{os.environ.get(SESSION_ENV, 'none')}.only-fleet-left")
 
 
-def wait_until_alone(timeout: float = 1800) -> None:
-    """Under `-n 2`, returns once every other test of the session has finished (see FleetScheduling); at
-    once without xdist, where the `scale` tests are the session's last."""
+def wait_until_only_the_fleet_runs(timeout: float = 1800) -> None:
+    """Under `-n 2`, returns once every test of the session but the fleet's has finished (see FleetScheduling):
+    the other worker is free. At once without xdist, where the `scale` tests are the session's last."""
     if not os.environ.get("PYTEST_XDIST_WORKER"):
         return
     deadline = time.monotonic() + timeout
-    while not _alone_file().exists():
+    while not _only_fleet_left_file().exists():
         if time.monotonic() > deadline:
             raise TimeoutError(f"the other tests had not finished after {timeout:.0f} s")
         time.sleep(1)
@@ -150,7 +150,7 @@ def pytest_collection_finish(session) -> None:
                                     "lab": [item.nodeid for item in session.items if _needs_lab(item)],
                                     "early": [item.nodeid for item in session.items
                                               if item.get_closest_marker("early") is not None],
-                                    "alone": [item.nodeid for item in session.items if _runs_alone(item)]}))
+                                    "scale": [item.nodeid for item in session.items if _is_scale(item)]}))
         part.replace(target)
 
 
@@ -162,13 +162,13 @@ def pytest_xdist_make_scheduler(config, log):
     class FleetScheduling(LoadScopeScheduling):
         """The fleet's tests as one unit of work, in collection order, on one worker; each `early` module one
         unit; every other test a unit of its own, spread over the workers. Until the lab is up, the units that
-        need it (the fleet's first in the queue) are handed out only when nothing else is left: both workers run
-        the others meanwhile. The fleet's unit never goes to a worker still running an `early` module (_reschedule).
-        The `scale` tests come last, and their worker waits until every other test has
-        finished (wait_until_alone): they measure the machine, and run on it alone."""
+        need it (the fleet's first in the queue) and the `early` ones are handed out only when nothing else is
+        left: both workers run the others meanwhile. The fleet's unit never goes to a worker still running an `early` module (_reschedule).
+        The `scale` tests come last, and their worker waits until every test but the fleet's has finished
+        (wait_until_only_the_fleet_runs): they run beside the fleet's last tests, on the worker left free."""
 
         ids: dict[str, set[str]] | None = None
-        announced_alone = False
+        announced_only_fleet_left = False
 
         def __init__(self, config, log=None) -> None:
             super().__init__(config, log)
@@ -190,18 +190,21 @@ def pytest_xdist_make_scheduler(config, log):
             if _EARLY_LAB.started_or_failed():  # in queue order: the `scale` tests are last (modifyitems)
                 return super()._assign_work_unit(node)
             ids = self._read_ids()
-            lab_units = [scope for scope in self.workqueue if scope == "fleet" or scope in ids["lab"]]
-            alone = [scope for scope in self.workqueue if scope in ids["alone"]]
-            if len(lab_units) + len(alone) == len(self.workqueue):
+            # The `early` modules (whole stacks of their own) wait with them: beside the lab coming up they took
+            # its CPU, and registering the deployments took ~60 s instead of ~26.
+            early = {nodeid.split("::", 1)[0] for nodeid in ids["early"]}
+            lab_units = [scope for scope in self.workqueue if scope == "fleet" or scope in ids["lab"] or scope in early]
+            scale = [scope for scope in self.workqueue if scope in ids["scale"]]
+            if len(lab_units) + len(scale) == len(self.workqueue):
                 return super()._assign_work_unit(node)
-            held = {scope: self.workqueue.pop(scope) for scope in lab_units + alone}
+            held = {scope: self.workqueue.pop(scope) for scope in lab_units + scale}
             try:
                 super()._assign_work_unit(node)
-            finally:  # the lab's back at the front, in their order; the `scale` ones at the end
+            finally:  # the held ones back at the front, in their order; the `scale` ones at the end
                 for scope in reversed(lab_units):
                     self.workqueue[scope] = held[scope]
                     self.workqueue.move_to_end(scope, last=False)
-                for scope in alone:
+                for scope in scale:
                     self.workqueue[scope] = held[scope]
 
         def _running_early(self, node) -> bool:
@@ -216,7 +219,7 @@ def pytest_xdist_make_scheduler(config, log):
             # worker gets any other unit instead, or waits until the other worker has taken the fleet's.
             if (not node.shutting_down and "fleet" in self.workqueue and self._running_early(node)
                     and not all(self._running_early(n) for n in self.nodes)):
-                others = [scope for scope in self.workqueue if scope != "fleet" and scope not in self._read_ids()["alone"]]
+                others = [scope for scope in self.workqueue if scope != "fleet" and scope not in self._read_ids()["scale"]]
                 if others and self._pending_of(self.assigned_work[node]) <= 2:
                     self.workqueue.move_to_end(others[0], last=False)
                     self._assign_work_unit(node)
@@ -231,13 +234,13 @@ def pytest_xdist_make_scheduler(config, log):
 
         def mark_test_complete(self, node, item_index: int, duration: float = 0) -> None:
             super().mark_test_complete(node, item_index, duration)
-            alone = self._read_ids()["alone"]
-            if alone and not self.announced_alone and not any(
-                    scope not in alone for scope in self.workqueue) and all(
+            scale = self._read_ids()["scale"]
+            if scale and not self.announced_only_fleet_left and not any(
+                    scope not in scale for scope in self.workqueue) and all(
                     done for work in self.assigned_work.values() for scope, tests in work.items()
-                    if scope not in alone for done in tests.values()):
-                self.announced_alone = True
-                _alone_file().touch()
+                    if scope not in scale and scope != "fleet" for done in tests.values()):
+                self.announced_only_fleet_left = True
+                _only_fleet_left_file().touch()
 
     return FleetScheduling(config, log)
 
@@ -295,8 +298,8 @@ _AUTOGROUPS = _Autogroups()
 @pytest.hookimpl(tryfirst=True)  # before the test's fixtures start anything
 def pytest_runtest_setup(item) -> None:
     if _is_worker(item.config) and os.geteuid() == 0:
-        # The `scale` tests run alone, at normal priority.
-        first = _acts_on_fleet(item) or _runs_alone(item)
+        # The `scale` tests run beside the fleet's last tests at the same priority, below the lab's.
+        first = _acts_on_fleet(item) or _is_scale(item)
         os.setpriority(os.PRIO_PROCESS, 0, 0 if first else OTHER_LANE_NICENESS)
 
 
@@ -444,7 +447,7 @@ class _EarlyLab:
             if self.announce:
                 LAB_READY.unlink(missing_ok=True)
                 _fleet_ids_file().unlink(missing_ok=True)
-                _alone_file().unlink(missing_ok=True)
+                _only_fleet_left_file().unlink(missing_ok=True)
             if not self.was_up:
                 _send_prefect_logs_and_events()
                 lab_api.down(log=lambda *_: None)
@@ -523,15 +526,15 @@ def pytest_collection_modifyitems(session, config, items) -> None:
     if _is_worker(config):
         # The fleet's tests first in the queue: the scheduler hands them to one worker as soon as the lab
         # is up (FleetScheduling), while the other worker runs the rest.
-        # Heavy tests of their own processes (`early`) go first, while the lab comes up and before the fleet's
-        # tests, whose timings they would otherwise stretch.
-        # The `scale` tests last of all (they run alone, after everything else).
+        # Heavy tests of their own processes (`early`) next: handed out as soon as the lab is up, on the other
+        # worker, so that they are done long before the fleet's tests are.
+        # The `scale` tests last of all (they run beside the fleet's last tests, after everything else).
         others = sorted((i for i in items if not _acts_on_fleet(i)),
-                        key=lambda i: (_runs_alone(i), i.get_closest_marker("early") is None))
+                        key=lambda i: (_is_scale(i), i.get_closest_marker("early") is None))
         items[:] = [i for i in needs_lab if _acts_on_fleet(i)] + others
     elif needs_lab and os.geteuid() == 0:
-        items[:] = ([item for item in items if not _needs_lab(item) and not _runs_alone(item)] + needs_lab
-                    + [item for item in items if _runs_alone(item)])
+        items[:] = ([item for item in items if not _needs_lab(item) and not _is_scale(item)] + needs_lab
+                    + [item for item in items if _is_scale(item)])
         _EARLY_LAB.start()
 
 

@@ -14,11 +14,11 @@ import pytest
 
 from tests import conftest
 
-FLEET = [f"tests/test_fleet.py::test_{i}" for i in range(5)]
+FLEET = [f"tests/test_fleet.py::test_{i}" for i in range(100)]  # the critical path: longer than the rest
 EARLY = [f"tests/test_early.py::test_{i}" for i in range(6)]  # one unit: a module with a stack of its own
 QUICK = [f"tests/test_quick.py::test_{i}" for i in range(150)]  # more than the early module lasts
 BESIDE = ["tests/test_beside.py::test_needs_the_lab"]  # the lab's Prefect, nothing of the fleet
-STORM = ["tests/test_storm.py::test_alone"]
+STORM = ["tests/test_storm.py::test_beside_the_fleet"]
 # As the workers order them (pytest_collection_modifyitems): the fleet first, `early` first of the others.
 COLLECTION = FLEET + EARLY + QUICK + BESIDE + STORM
 # Roughly the HA drills' (tests/test_prefect_ha.py): the services drill, fifth, waits ~5 min.
@@ -58,13 +58,13 @@ class Lab:
 def scheduler(monkeypatch, tmp_path):
     monkeypatch.setenv(conftest.SESSION_ENV, f"scheduling-test-{tmp_path.name}")
     ids = conftest._fleet_ids_file()
-    ids.write_text(json.dumps({"fleet": FLEET, "lab": FLEET + BESIDE, "early": EARLY, "alone": STORM}))
+    ids.write_text(json.dumps({"fleet": FLEET, "lab": FLEET + BESIDE, "early": EARLY, "scale": STORM}))
     lab = Lab()
     monkeypatch.setattr(conftest, "_EARLY_LAB", lab)
     config = SimpleNamespace(getvalue=lambda name: ["2*popen"], option=SimpleNamespace(loadscopereorder=True))
     yield conftest.pytest_xdist_make_scheduler(config, None), lab
     ids.unlink(missing_ok=True)
-    conftest._alone_file().unlink(missing_ok=True)
+    conftest._only_fleet_left_file().unlink(missing_ok=True)
 
 
 def run(sched, lab: Lab, lab_up_at: float) -> dict[str, tuple[str, float, float]]:
@@ -82,8 +82,8 @@ def run(sched, lab: Lab, lab_up_at: float) -> dict[str, tuple[str, float, float]
                 nodeid = COLLECTION[index]
                 starts = max(now, lab_up_at) if nodeid in FLEET + BESIDE else now  # its `lab` fixture waits
                 running[w] = (starts + SECONDS[nodeid], index, starts)
-        for w, (_end, index, _starts) in running.items():  # the storm's fixture waits until it is alone
-            if COLLECTION[index] in STORM and not conftest._alone_file().exists():
+        for w, (_end, index, _starts) in running.items():  # the storm's fixture waits for the fleet alone
+            if COLLECTION[index] in STORM and not conftest._only_fleet_left_file().exists():
                 running[w] = (float("inf"), index, float("inf"))
             elif COLLECTION[index] in STORM and _starts == float("inf"):
                 running[w] = (now + SECONDS[COLLECTION[index]], index, now)
@@ -109,5 +109,6 @@ def test_the_fleet_never_waits_behind_an_early_module_and_every_test_runs_once(s
     # The fleet's first test starts once the lab is up and the other worker's current test is done, not after
     # the early module's 280-second test.
     assert ran[FLEET[0]][1] <= lab_up_at + 10 < ran[EARLY[-1]][2]
-    # The storm is last of all.
-    assert ran[STORM[0]][1] >= max(end for test, (_w, _s, end) in ran.items() if test not in STORM)
+    # The storm comes once every test but the fleet's has finished, on the other worker, beside the fleet.
+    assert ran[STORM[0]][1] >= max(end for test, (_w, _s, end) in ran.items() if test not in STORM + FLEET)
+    assert ran[STORM[0]][0] not in fleet_workers and ran[STORM[0]][1] < ran[FLEET[-1]][2]
