@@ -163,7 +163,8 @@ def pytest_xdist_make_scheduler(config, log):
         """The fleet's tests as one unit of work, in collection order, on one worker; each `early` module one
         unit; every other test a unit of its own, spread over the workers. Until the lab is up, the units that
         need it (the fleet's first in the queue) and the `early` ones are handed out only when nothing else is
-        left: both workers run the others meanwhile. The fleet's unit never goes to a worker still running an `early` module (_reschedule).
+        left: both workers run the others meanwhile. The fleet's unit never goes to a worker still running an
+        `early` module (_reschedule).
         The `scale` tests come last, and their worker waits until every test but the fleet's has finished
         (wait_until_only_the_fleet_runs): they run beside the fleet's last tests, on the worker left free."""
 
@@ -190,8 +191,8 @@ def pytest_xdist_make_scheduler(config, log):
             if _EARLY_LAB.started_or_failed():  # in queue order: the `scale` tests are last (modifyitems)
                 return super()._assign_work_unit(node)
             ids = self._read_ids()
-            # The `early` modules (whole stacks of their own) wait with them: beside the lab coming up they took
-            # its CPU, and registering the deployments took ~60 s instead of ~26.
+            # The `early` modules (whole stacks of their own) wait with them, so as not to compete with the lab
+            # coming up for the CPU.
             early = {nodeid.split("::", 1)[0] for nodeid in ids["early"]}
             lab_units = [scope for scope in self.workqueue if scope == "fleet" or scope in ids["lab"] or scope in early]
             scale = [scope for scope in self.workqueue if scope in ids["scale"]]
@@ -309,9 +310,8 @@ _lab_settled = False
 
 def _until_the_lab_is_settled() -> None:
     """Under `-n 2` no test starts before the controller's lab is up and registered (or has failed to come
-    up). Bringing it up starts the critical path, and the other worker has minutes to spare. With tests beside
-    it, the deployments were registered 107-173 s into the session; ~70 s without. (Registering runs in the
-    controller's process, whose main thread handles every test report meanwhile.)"""
+    up): bringing it up starts the critical path, and the other worker has minutes to spare. (Measured: 107-173 s
+    into the session with tests beside it, 146 s in one run without: the lab's own start-up is most of it.)"""
     global _lab_settled
     if not _lab_settled:
         try:
