@@ -299,26 +299,9 @@ _AUTOGROUPS = _Autogroups()
 @pytest.hookimpl(tryfirst=True)  # before the test's fixtures start anything
 def pytest_runtest_setup(item) -> None:
     if _is_worker(item.config) and os.geteuid() == 0:
-        _until_the_lab_is_settled()
         # The `scale` tests run beside the fleet's last tests at the same priority, below the lab's.
         first = _acts_on_fleet(item) or _is_scale(item)
         os.setpriority(os.PRIO_PROCESS, 0, 0 if first else OTHER_LANE_NICENESS)
-
-
-_lab_settled = False
-
-
-def _until_the_lab_is_settled() -> None:
-    """Under `-n 2` no test starts before the controller's lab is up and registered (or has failed to come
-    up): bringing it up starts the critical path, and the other worker has minutes to spare. (Measured: 107-173 s
-    into the session with tests beside it, 146 s in one run without: the lab's own start-up is most of it.)"""
-    global _lab_settled
-    if not _lab_settled:
-        try:
-            _wait_for_the_controllers_lab()
-        except RuntimeError:
-            pass  # the `lab` fixture reports it, in the tests that need the lab
-        _lab_settled = True
 
 
 def _wait_for_the_controllers_lab(timeout: float = 900) -> None:
