@@ -7,7 +7,15 @@ and `prefect deploy` does not fail, see REFERENCE), and rewrites every run
 form from the inventory (deployments/forms.py): run it again after the
 inventory changes.
 
-    python -m deployments.register
+    python -m deployments.register             # schedules and triggers as prefect.yaml says
+    python -m deployments.register --paused    # every schedule and trigger registered off
+    python -m deployments.register --forms-only
+
+`--paused` is for a server whose fleet nothing may act on yet (a new
+environment, a migration, the test suite while its first tests run): the
+deployments, their schedules and triggers all exist, switched off; resume them
+from the UI (or `prefect automation resume` and `prefect deployment schedule
+resume`) when the fleet is ready.
 """
 
 from __future__ import annotations
@@ -46,6 +54,20 @@ def _declared() -> list[dict]:
     return yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
 
 
+def _paused_copy(directory: Path) -> Path:
+    """prefect.yaml with every schedule inactive and every trigger disabled, for `prefect deploy --prefect-file`
+    (which creates them that way: nothing is ever on between deploying and switching it off)."""
+    spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    for d in spec["deployments"]:
+        for schedule in d.get("schedules") or []:
+            schedule["active"] = False
+        for trigger in d.get("triggers") or []:
+            trigger["enabled"] = False
+    copy = directory / "prefect.paused.yaml"
+    copy.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return copy
+
+
 def declared_deployments() -> list[str]:
     return [d["name"] for d in _declared()]
 
@@ -54,23 +76,22 @@ def declared_triggers() -> dict[str, int]:
     return {d["name"]: len(d.get("triggers") or []) for d in _declared()}
 
 
-async def missing_triggers() -> list[str]:
-    """Deployments whose declared triggers did not all become automations."""
+async def missing_triggers(paused: bool = False) -> list[str]:
+    """Deployments whose declared triggers did not all become automations; with `paused`, also any of their
+    automations or schedules that is on."""
     async with get_client() as client:
         automations = await client.read_automations()
+        deployments = await client.read_deployments()
         problems = []
         for name, expected in declared_triggers().items():
-            if not expected:
-                continue
-            deployments = await client.read_deployments()
             ids = {d.id for d in deployments if d.name == name}
-            found = sum(
-                1 for a in automations
-                for action in a.actions
-                if getattr(action, "deployment_id", None) in ids
-            )
-            if found < expected:
-                problems.append(f"{name}: {found} of {expected} triggers present")
+            mine = [a for a in automations for action in a.actions if getattr(action, "deployment_id", None) in ids]
+            if len(mine) < expected:
+                problems.append(f"{name}: {len(mine)} of {expected} triggers present")
+            if paused:
+                problems += [f"{name}: trigger {a.name!r} is on" for a in mine if a.enabled]
+                problems += [f"{name}: a schedule is on" for d in deployments if d.id in ids
+                             for s in d.schedules if s.active]
         return problems
 
 
@@ -128,8 +149,10 @@ async def set_run_command() -> None:
         await client.update_work_pool(WORK_POOL, WorkPoolUpdate(base_job_template=template))
 
 
-def main() -> None:
+def main(paused: bool = False) -> None:
+    """Everything registered; with `paused`, every schedule and trigger off (see the module's docstring)."""
     import asyncio
+    import tempfile
 
     # The forms (last step) read each flow's parameter descriptions, importing every flow: ~15 s of CPU here.
     # Done meanwhile, while the CLI calls below mostly wait on the server.
@@ -147,22 +170,26 @@ def main() -> None:
     # declared deployments in two halves, deployed at once, take about two thirds of the time.
     names = declared_deployments()
     halves = [[arg for name in names[i::2] for arg in ("-n", name)] for i in range(2)]
-    with ThreadPoolExecutor(2) as pool:
-        for deployed in pool.map(lambda half: _prefect("deploy", *half), halves):
+    with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(2) as pool:
+        spec = ["--prefect-file", str(_paused_copy(Path(tmp)))] if paused else []
+        for deployed in pool.map(lambda half: _prefect("deploy", *spec, *half), halves):
             _check(deployed, "deploying prefect.yaml")
     asyncio.run(ensure_crash_detection())
-    problems = asyncio.run(missing_triggers())
+    problems = asyncio.run(missing_triggers(paused))
     if problems:
-        raise SystemExit("deployment triggers missing after deploy: " + "; ".join(problems))
+        raise SystemExit("deployment triggers missing or on after deploy: " + "; ".join(problems))
     # `prefect deploy` just stored the flows' own schemas; make them operator forms again.
     imports.join()
     forms.apply(names)
-    print(f"work pool {WORK_POOL!r}, blocks and {len(declared_triggers())} deployments registered; triggers verified; forms set")
+    print(f"work pool {WORK_POOL!r}, blocks and {len(declared_triggers())} deployments registered"
+          f"{' with every schedule and trigger off' if paused else ''}; triggers verified; forms set")
 
 
 if __name__ == "__main__":
     if sys.argv[1:] == ["--forms-only"]:
         # After an inventory change: the deployments stand, only their forms' lists change.
         forms.apply(declared_deployments())
+    elif sys.argv[1:] in ([], ["--paused"]):
+        main(paused=sys.argv[1:] == ["--paused"])
     else:
-        main()
+        raise SystemExit("usage: python -m deployments.register [--paused | --forms-only]")

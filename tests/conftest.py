@@ -88,7 +88,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
 # run in order on one worker, as one unit of work; the tests that need no lab and those marked
 # `beside_fleet` (the lab's Prefect server or databases, nothing of the fleet's) run on the other worker
 # meanwhile. The controller brings the lab up (it holds the session lock) and tells the workers through
-# LAB_READY when it is ready; without -n, one process does all of it as before.
+# LAB_READY when it is up (its blocks saved) and again when every deployment is registered: the fleet's tests
+# marked `no_deployments` come first and start at the first, the others wait for the second (registering takes
+# 45 s alone, ~100 s beside the first tests). Without -n, one process does all of it as before.
 # (Not xdist's own `--dist loadgroup`: it renames node ids through `_nodeid`, which pytest 9 no longer reads.)
 LAB_READY = Path("/var/tmp/rblab.session.ready")
 SESSION_ENV = "RUNBOOKS_TEST_SESSION"  # the controller's pid, inherited by its workers
@@ -161,9 +163,9 @@ def pytest_xdist_make_scheduler(config, log):
 
     class FleetScheduling(LoadScopeScheduling):
         """The fleet's tests as one unit of work, in collection order, on one worker; each `early` module one
-        unit; every other test a unit of its own, spread over the workers. Until the lab is up, the units that
-        need it (the fleet's first in the queue) and the `early` ones are handed out only when nothing else is
-        left: both workers run the others meanwhile. The fleet's unit never goes to a worker still running an
+        unit; every other test a unit of its own, spread over the workers. Until the lab is up (for the fleet's
+        unit, first in the queue) or registered (for the other units that need it, and the `early` ones), they
+        are handed out only when nothing else is left: both workers run the others meanwhile. The fleet's unit never goes to a worker still running an
         `early` module (_reschedule).
         The `scale` tests come last, and their worker waits until every test but the fleet's has finished
         (wait_until_only_the_fleet_runs): they run beside the fleet's last tests, on the worker left free."""
@@ -192,9 +194,11 @@ def pytest_xdist_make_scheduler(config, log):
                 return super()._assign_work_unit(node)
             ids = self._read_ids()
             # The `early` modules (whole stacks of their own) wait with them, so as not to compete with the lab
-            # coming up for the CPU.
+            # coming up for the CPU. The fleet's unit goes as soon as the lab is up: its first tests need no
+            # deployment (`no_deployments`), and the rest wait for them in pytest_runtest_setup.
             early = {nodeid.split("::", 1)[0] for nodeid in ids["early"]}
-            lab_units = [scope for scope in self.workqueue if scope == "fleet" or scope in ids["lab"] or scope in early]
+            lab_units = [scope for scope in self.workqueue
+                         if (scope == "fleet" and not _EARLY_LAB.up_or_failed()) or scope in ids["lab"] or scope in early]
             scale = [scope for scope in self.workqueue if scope in ids["scale"]]
             if len(lab_units) + len(scale) == len(self.workqueue):
                 return super()._assign_work_unit(node)
@@ -302,10 +306,15 @@ def pytest_runtest_setup(item) -> None:
         # The `scale` tests run beside the fleet's last tests at the same priority, below the lab's.
         first = _acts_on_fleet(item) or _is_scale(item)
         os.setpriority(os.PRIO_PROCESS, 0, 0 if first else OTHER_LANE_NICENESS)
+        if _needs_lab(item) and item.get_closest_marker("no_deployments") is None:
+            _wait_for_the_controllers_lab("registered")
 
 
-def _wait_for_the_controllers_lab(timeout: float = 900) -> None:
-    """A worker's lab: the one its controller brings up (see LAB_READY)."""
+_LAB_PHASES = ("up", "registered")  # what LAB_READY says, in order
+
+
+def _wait_for_the_controllers_lab(phase: str, timeout: float = 900) -> None:
+    """A worker's lab: the one its controller brings up, once it is `phase` or further (see LAB_READY)."""
     import json
 
     deadline = time.monotonic() + timeout
@@ -317,9 +326,10 @@ def _wait_for_the_controllers_lab(timeout: float = 900) -> None:
         if said.get("session") == os.environ.get(SESSION_ENV):
             if said.get("error"):
                 raise RuntimeError(f"the test session could not bring the lab up: {said['error']}")
-            return
+            if _LAB_PHASES.index(said["phase"]) >= _LAB_PHASES.index(phase):
+                return
         time.sleep(0.5)
-    raise RuntimeError(f"the lab was not ready after {timeout:.0f}s ({LAB_READY} never said so)")
+    raise RuntimeError(f"the lab was not {phase} after {timeout:.0f}s ({LAB_READY} never said so)")
 
 
 # The lab is one instance per machine (fixed ports, one LAB_DIR): two sessions
@@ -360,9 +370,9 @@ def _take_session_lock():
 
 
 class _EarlyLab:
-    """Brings the lab up, saves its blocks and registers every deployment (~80 s, most of it waiting for the
-    Prefect server) in a thread started at collection, while the tests that need no lab run first; the
-    first test that needs it waits here. A lab this checkout already started is reused and left up; a lab
+    """Brings the lab up, saves its blocks and registers every deployment in a thread started at collection,
+    while the tests that need no lab run first; the first test that needs it waits here (under -n, a worker
+    waits for LAB_READY instead). A lab this checkout already started is reused and left up; a lab
     from another checkout is refused; a lab this session started is taken down at its end."""
 
     def __init__(self) -> None:
@@ -374,6 +384,7 @@ class _EarlyLab:
         self.finished = False
         self.announce = False  # tell xdist workers through LAB_READY
         self.started_at = 0.0
+        self.up = threading.Event()  # the lab is up and its blocks saved (its deployments may not be yet)
 
     def start(self, announce: bool = False) -> None:
         if self.thread is None:
@@ -388,13 +399,19 @@ class _EarlyLab:
         """The lab is up and its deployments registered, or bringing it up failed (or it was not asked for)."""
         return self.thread is None or not self.thread.is_alive()
 
-    def _tell_workers(self) -> None:
+    def up_or_failed(self) -> bool:
+        """The lab is up and its blocks saved, its deployments perhaps still being registered; or as above."""
+        return self.up.is_set() or self.started_or_failed()
+
+    def _tell_workers(self, phase: str) -> None:
         if self.announce:
             import json
 
             why = self.foreign and f"refusing the running lab: {self.foreign}"
             error = why or (self.error is not None and f"{type(self.error).__name__}: {self.error}") or None
-            LAB_READY.write_text(json.dumps({"session": str(os.getpid()), "error": error}))
+            part = LAB_READY.with_suffix(".part")  # whole or not at all: the workers poll it
+            part.write_text(json.dumps({"session": str(os.getpid()), "phase": phase, "error": error}))
+            part.replace(LAB_READY)
 
     def _run(self) -> None:
         try:
@@ -407,7 +424,7 @@ class _EarlyLab:
                 return
             self.was_up = lab_api.is_up()
             if self.was_up:
-                _register()
+                _register(self.up.set)
             else:
                 if os.geteuid() == 0:  # this thread, and every process and thread it starts from here on
                     os.setpriority(os.PRIO_PROCESS, 0, LAB_NICENESS)
@@ -421,6 +438,9 @@ class _EarlyLab:
                     lab_api.down(log=lambda *_: None)
                     raise
                 up_s = time.monotonic() - self.started_at
+                registering.wait_for_blocks()
+                self.up.set()
+                self._tell_workers("up")  # the fleet's `no_deployments` tests start
                 registering.result()
                 # The critical path's first stretch: the fleet's tests wait for it (see README, "make test").
                 _say(f"lab up {up_s:.0f} s, its Prefect answering {registering.answered_s:.0f} s and every "
@@ -428,7 +448,7 @@ class _EarlyLab:
         except BaseException as exc:  # noqa: BLE001 - raised in the session by `wait`
             self.error = exc
         finally:
-            self._tell_workers()
+            self._tell_workers("registered")
 
     def wait(self) -> None:
         self.start()
@@ -471,15 +491,15 @@ def _send_prefect_logs_and_events() -> None:
             pass
 
 
-def _register() -> None:
-    """The lab's blocks saved and every deployment registered, with automation off until a test wants it."""
+def _register(blocks_saved=lambda: None) -> None:
+    """The lab's blocks saved (then `blocks_saved()`), and every deployment registered with its schedules and
+    triggers off (`register --paused`) until a test wants them: the fleet's first tests run meanwhile."""
     from deployments import register
     from lab.blocks import save_lab_blocks
-    from tests import fleet
 
     save_lab_blocks(lab_api.lab_dir())
-    register.main()
-    fleet.set_automation(False)
+    blocks_saved()
+    register.main(paused=True)
 
 
 class _Registration:
@@ -487,7 +507,7 @@ class _Registration:
 
     def __init__(self, started_at: float) -> None:
         self.started_at, self.answered_s = started_at, float("nan")
-        self.cancelled = threading.Event()
+        self.cancelled, self.blocks_saved = threading.Event(), threading.Event()
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="lab-register", daemon=True)
         self.thread.start()
@@ -501,13 +521,20 @@ class _Registration:
                 if self.cancelled.wait(0.5):
                     return
             self.answered_s = time.monotonic() - self.started_at
-            _register()
+            _register(self.blocks_saved.set)
         except BaseException as exc:  # noqa: BLE001 - raised by result()
             self.error = exc
 
     def cancel(self) -> None:
         self.cancelled.set()
         self.thread.join(120)
+
+    def wait_for_blocks(self) -> None:
+        """Returns once the lab's blocks are saved; raises what stopped that."""
+        while not self.blocks_saved.wait(0.2):
+            if not self.thread.is_alive():
+                self.result()
+                raise RuntimeError("the registration ended before saving the lab's blocks")
 
     def result(self) -> None:
         self.thread.join()
@@ -530,9 +557,12 @@ def pytest_collection_modifyitems(session, config, items) -> None:
         # Heavy tests of their own processes (`early`) next: handed out as soon as the lab is up, on the other
         # worker, so that they are done long before the fleet's tests are.
         # The `scale` tests last of all (they run beside the fleet's last tests, after everything else).
+        # The fleet's own first: those that need no deployment (they start while they are being registered).
         others = sorted((i for i in items if not _acts_on_fleet(i)),
                         key=lambda i: (_is_scale(i), i.get_closest_marker("early") is None))
-        items[:] = [i for i in needs_lab if _acts_on_fleet(i)] + others
+        fleet = sorted((i for i in needs_lab if _acts_on_fleet(i)),
+                       key=lambda i: i.get_closest_marker("no_deployments") is None)
+        items[:] = fleet + others
     elif needs_lab and os.geteuid() == 0:
         items[:] = ([item for item in items if not _needs_lab(item) and not _is_scale(item)] + needs_lab
                     + [item for item in items if _is_scale(item)])
@@ -542,11 +572,11 @@ def pytest_collection_modifyitems(session, config, items) -> None:
 @pytest.fixture(scope="session")
 def lab(request) -> dict:
     """The lab's status dict, held by this session alone (an exclusive lock), with its blocks saved and
-    every deployment registered (see _EarlyLab)."""
+    every deployment registered (see _EarlyLab; under -n, a `no_deployments` test may start before they are)."""
     if os.geteuid() != 0:
         pytest.skip("the lab needs root (network namespaces, supervisord, sshd): run the suite as root")
     if _is_worker(request.config):
-        _wait_for_the_controllers_lab()
+        _wait_for_the_controllers_lab("up")
         yield lab_api.status()
         return
     try:

@@ -73,11 +73,11 @@ def test_a_second_run_on_a_leased_node_is_refused_quickly(node, caplog):
         assert 2.0 <= refused_in < 6.0, (refused_in, str(busy.value))
         # Four refused polls, not four ERROR lines in the run's log.
         assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
-    # Released: the next automated run gets it at once, with its first request (its wall time is the loaded
-    # server's latency, seconds on a busy suite).
+    # Released: the next automated run gets it at once, never refused (its wall time is the loaded server's
+    # latency, seconds on a busy suite, and a 503 from it is retried: neither is another run holding it).
     started = time.monotonic()
     with node_lease(node, wait_seconds=2) as held:
-        assert held.attempts == 1, held
+        assert held.refused == 0, held
     print(f"\nrefused after {refused_in:.2f}s; free lease taken in {time.monotonic() - started:.3f}s")
 
 

@@ -20,7 +20,8 @@ from inventory import load_inventory
 from lab import haproxy, topology
 from tests.fleet import runbook_logins
 
-pytestmark = pytest.mark.lab
+# The lab itself (no deployment): these start while the deployments are being registered (conftest).
+pytestmark = [pytest.mark.lab, pytest.mark.no_deployments]
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -13,6 +13,9 @@ from flows.node_recovery import node_recovery
 from inventory import InventoryError
 from tests import fleet
 
+# node-recovery is called in-process (no deployment): these start while the deployments are being registered.
+pytestmark = pytest.mark.no_deployments
+
 
 def recovered_correctly(node: str, state, before_pid):
     assert state.is_completed(), state.message

@@ -18,6 +18,9 @@ import lab
 from flows.node_recovery import node_recovery
 from tests import fleet
 
+# node-recovery is called in-process (no deployment): these start while the deployments are being registered.
+pytestmark = pytest.mark.no_deployments
+
 # Short enough for a test, long enough for a restarted anvil to answer (~1.5 s).
 SHORT_DEADLINE_SECONDS = 8
 

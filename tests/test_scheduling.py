@@ -2,7 +2,8 @@
 
 Workers behave as xdist's do: each runs the tests sent to it in order, and holds its last one until it is sent
 another or told to stop (pytest needs the next item to tear down). Time is simulated; the lab comes up at a
-given moment, as _EarlyLab brings it up beside the first tests.
+given moment, as _EarlyLab brings it up beside the first tests, and its deployments are registered
+REGISTERING_S later.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import pytest
 from tests import conftest
 
 FLEET = [f"tests/test_fleet.py::test_{i}" for i in range(100)]  # the critical path: longer than the rest
+NO_DEPLOYMENTS = FLEET[:12]  # the fleet's first: they start once the lab is up, before the registration
+REGISTERING_S = 100
 EARLY = [f"tests/test_early.py::test_{i}" for i in range(6)]  # one unit: a module with a stack of its own
 QUICK = [f"tests/test_quick.py::test_{i}" for i in range(150)]  # more than the early module lasts
 BESIDE = ["tests/test_beside.py::test_needs_the_lab"]  # the lab's Prefect, nothing of the fleet
@@ -48,9 +51,12 @@ class Worker:
 
 
 class Lab:
-    up = False
+    up = registered = False
 
     def started_or_failed(self) -> bool:
+        return self.registered
+
+    def up_or_failed(self) -> bool:
         return self.up
 
 
@@ -75,12 +81,19 @@ def run(sched, lab: Lab, lab_up_at: float) -> dict[str, tuple[str, float, float]
         sched.add_node_collection(w, COLLECTION)
     sched.schedule()
     now, running, ran = 0.0, {}, {}
+    registered_at = lab_up_at + REGISTERING_S
+
+    def at(moment: float) -> None:
+        lab.up, lab.registered = moment >= lab_up_at, moment >= registered_at
+
     while True:
-        lab.up = now >= lab_up_at
+        at(now)
         for w in workers:
             if w not in running and (index := w.next_runnable()) is not None:
                 nodeid = COLLECTION[index]
-                starts = max(now, lab_up_at) if nodeid in FLEET + BESIDE else now  # its `lab` fixture waits
+                # Its `lab` fixture waits for the lab to be up, pytest_runtest_setup for the registration.
+                starts = (max(now, lab_up_at) if nodeid in NO_DEPLOYMENTS
+                          else max(now, registered_at) if nodeid in FLEET + BESIDE else now)
                 running[w] = (starts + SECONDS[nodeid], index, starts)
         for w, (_end, index, _starts) in running.items():  # the storm's fixture waits for the fleet alone
             if COLLECTION[index] in STORM and not conftest._only_fleet_left_file().exists():
@@ -93,7 +106,7 @@ def run(sched, lab: Lab, lab_up_at: float) -> dict[str, tuple[str, float, float]
         assert now < float("inf"), "deadlock: the storm waits for tests that never run"
         del running[worker]
         ran[COLLECTION[index]] = (worker.gateway.id, started, now)
-        lab.up = now >= lab_up_at
+        at(now)
         sched.mark_test_complete(worker, index)
 
 
@@ -106,9 +119,10 @@ def test_the_fleet_never_waits_behind_an_early_module_and_every_test_runs_once(s
     fleet_workers = {ran[t][0] for t in FLEET}
     early_workers = {ran[t][0] for t in EARLY}
     assert len(fleet_workers) == 1 and len(early_workers) == 1 and fleet_workers != early_workers
-    # The fleet's first test starts once the lab is up and the other worker's current test is done, not after
-    # the early module's 280-second test.
+    # The fleet's first test starts once the lab is up (not registered) and the other worker's current test is
+    # done, not after the early module's 280-second test; the early module waits for the registration.
     assert ran[FLEET[0]][1] <= lab_up_at + 10 < ran[EARLY[-1]][2]
+    assert ran[FLEET[len(NO_DEPLOYMENTS)]][1] >= lab_up_at + REGISTERING_S
     # The storm comes once every test but the fleet's has finished, on the other worker, beside the fleet.
     assert ran[STORM[0]][1] >= max(end for test, (_w, _s, end) in ran.items() if test not in STORM + FLEET)
     assert ran[STORM[0]][0] not in fleet_workers and ran[STORM[0]][1] < ran[FLEET[-1]][2]

@@ -156,7 +156,7 @@ class HeldLeases:
     lease_id: str | None  # None when there was nothing to lease
     waited_s: float
     lease_seconds: float
-    attempts: int = 0  # requests made for the lease: 1 when it was free at once
+    refused: int = 0  # answers that another run held it (423) before we got it: 0 when it was free at once
 
 
 def _ensure_limits(names: list[str]) -> dict[str, int]:
@@ -224,7 +224,8 @@ def _check_seconds(wait_seconds: float, lease_seconds: float, poll_seconds: floa
 
 def _acquire(names: list[str], limits: dict[str, int], target: str, *, wait_seconds: float,
              lease_seconds: float, poll_seconds: float) -> tuple[str, list[Any], float, int]:
-    """Take one lease over every name, polling; returns (lease id, granted limits, waited seconds, requests made).
+    """Take one lease over every name, polling; returns (lease id, granted limits, waited seconds, times refused
+    because another run held it).
 
     One `increment-with-lease` request per attempt on our own bounded client
     (the call Prefect's `concurrency()` makes through its acquisition
@@ -239,12 +240,11 @@ def _acquire(names: list[str], limits: dict[str, int], target: str, *, wait_seco
     holder = _holder()
     started = time.monotonic()
     deadline = started + wait_seconds
-    transient = attempts = 0
+    transient = refused = 0
     try:
         # Without the client's retries: this loop is the retry, on our deadline and poll interval.
         with client(API_TIMEOUT_S) as api:
             while True:
-                attempts += 1
                 try:
                     response = api.increment_concurrency_slots_with_lease(
                         names=names, slots=1, mode="concurrency", lease_duration=lease_seconds, holder=holder
@@ -266,6 +266,7 @@ def _acquire(names: list[str], limits: dict[str, int], target: str, *, wait_seco
                         continue
                     if status != 423:
                         raise LeaseError(f"{target}: could not take lease {', '.join(names)}: {redact_text(str(exc))}") from exc
+                    refused += 1
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     detail = f"the Prefect API was momentarily unavailable {transient} time(s) meanwhile" if transient else ""
@@ -282,7 +283,7 @@ def _acquire(names: list[str], limits: dict[str, int], target: str, *, wait_seco
         # The server skips limits that do not exist (deleted since we created them): no protection there.
         release_lease(granted.lease_id)
         raise LeaseError(f"{target}: concurrency limit(s) {', '.join(missing)} vanished while taking the lease; try again")
-    return str(granted.lease_id), granted.limits, time.monotonic() - started, attempts
+    return str(granted.lease_id), granted.limits, time.monotonic() - started, refused
 
 
 @contextmanager
@@ -324,7 +325,7 @@ def leases(
     target = ", ".join(str(r) for r in resources) if len(resources) > 1 or resources[0].kind != "node" else resources[0].name
 
     limits = _ensure_limits(names)
-    lease_id, granted, waited, attempts = _acquire(names, limits, target, wait_seconds=wait_seconds,
+    lease_id, granted, waited, refused = _acquire(names, limits, target, wait_seconds=wait_seconds,
                                          lease_seconds=lease_seconds, poll_seconds=poll_seconds)
     events = None
     try:
@@ -332,7 +333,7 @@ def leases(
         # (prefect/concurrency/_sync.py:144-157).
         events = emit_concurrency_acquisition_events(granted, 1)
         with maintain_concurrency_lease(UUID(lease_id), lease_seconds, raise_on_lease_renewal_failure=True):
-            yield HeldLeases(resources, tuple(names), lease_id, round(waited, 3), float(lease_seconds), attempts)
+            yield HeldLeases(resources, tuple(names), lease_id, round(waited, 3), float(lease_seconds), refused)
     finally:
         try:
             release_lease(lease_id)
