@@ -165,8 +165,8 @@ def pytest_xdist_make_scheduler(config, log):
         """The fleet's tests as one unit of work, in collection order, on one worker; each `early` module one
         unit; every other test a unit of its own, spread over the workers. Until the lab is up (for the fleet's
         unit, first in the queue) or registered (for the other units that need it, and the `early` ones), they
-        are handed out only when nothing else is left: both workers run the others meanwhile. The fleet's unit never goes to a worker still running an
-        `early` module (_reschedule).
+        are handed out only when nothing else is left: both workers run the others meanwhile. The fleet's unit
+        never goes to a worker still running an `early` module (_reschedule).
         The `scale` tests come last, and their worker waits until every test but the fleet's has finished
         (wait_until_only_the_fleet_runs): they run beside the fleet's last tests, on the worker left free."""
 
@@ -560,9 +560,9 @@ def pytest_collection_modifyitems(session, config, items) -> None:
         # The fleet's own first: those that need no deployment (they start while they are being registered).
         others = sorted((i for i in items if not _acts_on_fleet(i)),
                         key=lambda i: (_is_scale(i), i.get_closest_marker("early") is None))
-        fleet = sorted((i for i in needs_lab if _acts_on_fleet(i)),
-                       key=lambda i: i.get_closest_marker("no_deployments") is None)
-        items[:] = fleet + others
+        fleet_first = sorted((i for i in needs_lab if _acts_on_fleet(i)),
+                             key=lambda i: i.get_closest_marker("no_deployments") is None)
+        items[:] = fleet_first + others
     elif needs_lab and os.geteuid() == 0:
         items[:] = ([item for item in items if not _needs_lab(item) and not _is_scale(item)] + needs_lab
                     + [item for item in items if _is_scale(item)])
