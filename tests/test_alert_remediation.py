@@ -134,6 +134,7 @@ def test_a_flapping_node_is_restarted_within_budget_then_escalated_once_and_left
     budget = load_inventory().chain_of(node).restart_budget
     assert budget.max_restarts == 3
     before = fleet.spawns(node)
+    last_run = [time.monotonic()]
 
     def flap(backoff_s: float = 0.0) -> dict:
         if not fleet.node(node)["fault"]:  # a refused run leaves it stalled
@@ -141,8 +142,13 @@ def test_a_flapping_node_is_restarted_within_budget_then_escalated_once_and_left
         fleet.wait_status(node, {"stalled"})
         event = emit_event(event=NODE_UNHEALTHY, resource=node_resource(node, "lab-op", "stalled"),
                            payload={"problem": "stalled"})
-        time.sleep(backoff_s)  # the back-off this restart needs after the last: never refused for back-off alone
-        return node_recovery(node=node, reason="stalled", trigger_event_id=str(event.id))
+        # The back-off this restart needs after the last (counted from the end of the last run, which is
+        # after its restart): never refused for back-off alone. Waiting for the stall took part of it.
+        time.sleep(max(0.0, last_run[0] + backoff_s - time.monotonic()))
+        try:
+            return node_recovery(node=node, reason="stalled", trigger_event_id=str(event.id))
+        finally:
+            last_run[0] = time.monotonic()
 
     waits = [budget.backoff_seconds[min(n, len(budget.backoff_seconds) - 1)] for n in range(budget.max_restarts)]
     results = [flap(wait) for wait in waits]
