@@ -76,7 +76,7 @@ def declared_triggers() -> dict[str, int]:
     return {d["name"]: len(d.get("triggers") or []) for d in _declared()}
 
 
-async def missing_triggers(paused: bool = False) -> list[str]:
+async def trigger_problems(paused: bool = False) -> list[str]:
     """Deployments whose declared triggers did not all become automations; with `paused`, also any of their
     automations or schedules that is on."""
     async with get_client() as client:
@@ -175,7 +175,7 @@ def main(paused: bool = False) -> None:
         for deployed in pool.map(lambda half: _prefect("deploy", *spec, *half), halves):
             _check(deployed, "deploying prefect.yaml")
     asyncio.run(ensure_crash_detection())
-    problems = asyncio.run(missing_triggers(paused))
+    problems = asyncio.run(trigger_problems(paused))
     if problems:
         raise SystemExit("deployment triggers missing or on after deploy: " + "; ".join(problems))
     # `prefect deploy` just stored the flows' own schemas; make them operator forms again.

@@ -89,8 +89,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
 # `beside_fleet` (the lab's Prefect server or databases, nothing of the fleet's) run on the other worker
 # meanwhile. The controller brings the lab up (it holds the session lock) and tells the workers through
 # LAB_READY when it is up (its blocks saved) and again when every deployment is registered: the fleet's tests
-# marked `no_deployments` come first and start at the first, the others wait for the second (registering takes
-# 45 s alone, ~100 s beside the first tests). Without -n, one process does all of it as before.
+# marked `no_deployments` come first and start at the first, the others wait for the second (registering took
+# 44 s alone; in the suite it ended 69-95 s into the session, 28-48 s after the lab was up). Without -n, one process does all of it as before.
 # (Not xdist's own `--dist loadgroup`: it renames node ids through `_nodeid`, which pytest 9 no longer reads.)
 LAB_READY = Path("/var/tmp/rblab.session.ready")
 SESSION_ENV = "RUNBOOKS_TEST_SESSION"  # the controller's pid, inherited by its workers

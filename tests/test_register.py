@@ -1,6 +1,6 @@
 """`python -m deployments.register --paused`: prefect.yaml as shipped, with every schedule and trigger off.
 
-That the server then has them off is checked by register.main itself (missing_triggers(paused=True)) each time
+That the server then has them off is checked by register.main itself (trigger_problems(paused=True)) each time
 the suite registers the lab's deployments.
 """
 
